@@ -1,0 +1,132 @@
+"""The PyTorch reference backend: our ``Mellum`` module over its external KV cache."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model
+from ..model.kv import CacheError, KVCache
+from ..model.mellum import Mellum
+from .base import Backend, Sequence
+
+
+@dataclass
+class TorchState:
+    cache: KVCache
+    mtp_cache: KVCache | None
+    # Main-model hidden states of positions the MTP cache has not consumed yet, oldest first.
+    pending: list[torch.Tensor] = field(default_factory=list)  # each (1, t, H)
+    pending_start: int = 0  # position of pending[0]'s first row
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model: Mellum, model_dir: str = "", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.config = model.config
+        self.model_dir = model_dir
+
+    @classmethod
+    def load(cls, model_dir: str, dtype: str = "fp32", threads: int | None = None) -> TorchBackend:
+        return cls(load_model(model_dir, dtype=dtype), model_dir, threads)
+
+    @property
+    def has_mtp(self) -> bool:
+        return self.model.mtp is not None
+
+    def new_sequence(self, margin: int = 256) -> Sequence:
+        mtp = KVCache.for_mtp(self.config, margin) if self.has_mtp else None
+        return Sequence([], TorchState(KVCache.for_model(self.config, margin), mtp))
+
+    @torch.inference_mode()
+    def forward(self, seq: Sequence, ids: list[int], logits_to_keep: int = 1) -> np.ndarray:
+        st: TorchState = seq.state
+        n0 = st.cache.length
+        x = torch.tensor([ids], dtype=torch.long)
+        pos = torch.arange(n0, n0 + len(ids))[None]
+        out = self.model(x, pos, st.cache, logits_to_keep=logits_to_keep)
+        seq.ids.extend(ids)
+        if st.mtp_cache is not None:
+            if not st.pending:
+                st.pending_start = n0
+            st.pending.append(out.hidden)
+            self._bound_pending(st)
+        return out.logits[0].float().numpy()
+
+    def _bound_pending(self, st: TorchState) -> None:
+        """The MTP layer only ever needs its window of positions: drop older pending hidden states."""
+        window = self.config.window_of(self.config.mtp.layer_type)
+        if window is None:
+            return
+        total = sum(h.shape[1] for h in st.pending)
+        need = window + st.mtp_cache.margin
+        if total > 2 * need:
+            h = torch.cat(st.pending, dim=1)[:, -need:]
+            st.pending_start += total - h.shape[1]
+            st.pending = [h]
+
+    def truncate(self, seq: Sequence, n: int) -> None:
+        st: TorchState = seq.state
+        st.cache.truncate(n)
+        del seq.ids[n:]
+        if st.mtp_cache is not None:
+            # MTP entry p reads token p and main hidden p-1: entries and hidden states >= n go.
+            if st.mtp_cache.length > n:
+                try:
+                    st.mtp_cache.truncate(n)
+                except CacheError:
+                    st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin)
+            if st.pending:
+                keep = max(0, n - st.pending_start)
+                st.pending = [torch.cat(st.pending, dim=1)[:, :keep]] if keep else []
+
+    def lowest_truncation(self, seq: Sequence) -> int:
+        return seq.state.cache.lowest_truncation()
+
+    def fork(self, seq: Sequence) -> Sequence:
+        return Sequence(list(seq.ids), copy.deepcopy(seq.state))
+
+    def nbytes(self, seq: Sequence) -> int:
+        st: TorchState = seq.state
+        return st.cache.nbytes() + (st.mtp_cache.nbytes() if st.mtp_cache is not None else 0)
+
+    def compact(self, seq: Sequence) -> None:
+        seq.state.cache.compact()
+
+    @torch.inference_mode()
+    def draft(self, seq: Sequence, next_token: int, n: int) -> list[int]:
+        """Up to ``n`` greedy drafts of the tokens after ``next_token`` (the main model's next token).
+
+        MTP entry p combines token p with the main model's hidden state at p-1 and predicts
+        token p+1. The cache first catches up on every position up to ``len(seq.ids)`` (whose
+        token is ``next_token``); further drafts chain the layer on its own hidden state and
+        are dropped from the MTP cache afterwards, since the main model has not confirmed them.
+        """
+        st: TorchState = seq.state
+        end = len(seq.ids)
+        if st.mtp_cache is None or n <= 0 or end == 0 or not st.pending:
+            return []
+        mtp, model = self.model.mtp, self.model
+        hidden = torch.cat(st.pending, dim=1)  # main hidden of positions pending_start .. end-1
+        m0 = st.mtp_cache.length
+        if m0 - 1 < st.pending_start:  # the hidden states it needs are gone: restart the MTP cache
+            st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin)
+            st.mtp_cache.layers[0].start = st.mtp_cache.layers[0].end = m0 = st.pending_start + 1
+        toks = torch.tensor([seq.ids[m0:end] + [next_token]], dtype=torch.long)
+        h_in = hidden[:, m0 - 1 - st.pending_start : end - st.pending_start]
+        logits, h, _ = mtp(model, toks, h_in, torch.arange(m0, end + 1)[None], st.mtp_cache, logits_to_keep=1)
+        drafts = [int(logits[0, -1].argmax())]
+        h = h[:, -1:]
+        for i in range(1, n):
+            pos = torch.tensor([[end + i]])
+            logits, h, _ = mtp(model, torch.tensor([[drafts[-1]]]), h, pos, st.mtp_cache, logits_to_keep=1)
+            drafts.append(int(logits[0, -1].argmax()))
+        st.mtp_cache.truncate(end + 1)
+        return drafts

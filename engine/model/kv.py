@@ -1,0 +1,153 @@
+"""Per-sequence KV cache: inference state kept outside the modules and passed into the forward.
+
+Legend: B = batch, K = KV heads, S = positions held, D = head dim, T = new tokens.
+
+``KVCache`` holds one ``LayerKV`` per attention layer. Full-attention layers keep every position;
+sliding layers keep their window plus a rollback margin, so that backspacing or a small jump back
+(``truncate``) costs nothing as long as it stays inside the margin. A layer stores its keys after
+rotary, as ``(B, K, S, D)`` covering positions ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import MellumConfig
+
+
+class CacheError(RuntimeError):
+    """A cache operation that the held positions cannot serve."""
+
+
+@dataclass
+class LayerKV:
+    window: int | None  # keys a query sees, itself included; None = all
+    margin: int
+    k: torch.Tensor | None = None  # (B, K, capacity, D)
+    v: torch.Tensor | None = None
+    start: int = 0  # position of slot 0
+    end: int = 0  # one past the last position held
+
+    @property
+    def keep(self) -> int | None:
+        """Positions a sliding layer must keep to serve the next query and a rollback of ``margin``."""
+        return None if self.window is None else self.window - 1 + self.margin
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Store (B, K, T, D) keys/values at positions [end, end+T); return every held key, value and the start."""
+        t = k.shape[2]
+        used = self.end - self.start
+        if self.k is None or used + t > self.k.shape[2]:
+            cap = max(2 * (used + t), 64)
+            nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            nv = v.new_empty(nk.shape)
+            if self.k is not None and used:
+                nk[:, :, :used] = self.k[:, :, :used]
+                nv[:, :, :used] = self.v[:, :, :used]
+            self.k, self.v = nk, nv
+        self.k[:, :, used : used + t] = k
+        self.v[:, :, used : used + t] = v
+        self.end += t
+        return self.k[:, :, : used + t], self.v[:, :, : used + t], self.start
+
+    def trim(self) -> None:
+        """Drop sliding-layer positions no query or allowed rollback can need (amortised: in chunks)."""
+        keep = self.keep
+        if keep is None or self.k is None:
+            return
+        used = self.end - self.start
+        slack = max(64, keep // 4)
+        if used <= keep + slack:
+            return
+        drop = used - keep
+        cap = keep + slack
+        nk = self.k.new_empty(self.k.shape[0], self.k.shape[1], cap, self.k.shape[3])
+        nv = self.v.new_empty(nk.shape)
+        nk[:, :, :keep] = self.k[:, :, drop:used]
+        nv[:, :, :keep] = self.v[:, :, drop:used]
+        self.k, self.v = nk, nv
+        self.start += drop
+
+    def lowest_truncation(self) -> int:
+        """The smallest length this layer can be truncated to."""
+        if self.window is None or self.start == 0:
+            return 0
+        return self.start + self.window - 1
+
+    def truncate(self, n: int) -> None:
+        if n < self.lowest_truncation():
+            raise CacheError(
+                f"cannot roll back to {n} tokens: this sliding layer holds positions from {self.start} "
+                f"(window {self.window}, margin {self.margin}); the oldest length it can serve is "
+                f"{self.lowest_truncation()}"
+            )
+        self.end = min(self.end, max(n, self.start))
+
+    def nbytes(self) -> int:
+        """Bytes of the positions held (not of spare capacity)."""
+        if self.k is None:
+            return 0
+        per_pos = self.k.shape[0] * self.k.shape[1] * self.k.shape[3] * self.k.element_size() * 2
+        return per_pos * (self.end - self.start)
+
+    def allocated_bytes(self) -> int:
+        if self.k is None:
+            return 0
+        return self.k.numel() * self.k.element_size() * 2
+
+    def compact(self) -> None:
+        """Release spare capacity (used before a cache is parked in the prefix store)."""
+        if self.k is None:
+            return
+        used = self.end - self.start
+        self.k = self.k[:, :, :used].clone()
+        self.v = self.v[:, :, :used].clone()
+
+
+class KVCache:
+    """KV state of one sequence across all attention layers of a model (or of its MTP layer)."""
+
+    def __init__(self, windows: list[int | None], margin: int = 256, offset: int = 0) -> None:
+        self.layers = [LayerKV(w, margin, start=offset, end=offset) for w in windows]
+        self.margin = margin
+
+    @classmethod
+    def for_model(cls, config: MellumConfig, margin: int = 256) -> KVCache:
+        return cls([config.window_of(t) for t in config.layer_types], margin)
+
+    @classmethod
+    def for_mtp(cls, config: MellumConfig, margin: int = 256) -> KVCache:
+        # MTP position p combines token p with the main model's hidden state at p-1: it starts at 1.
+        if config.mtp is None:
+            raise CacheError("this model has no MTP layer")
+        return cls([config.window_of(config.mtp.layer_type)], margin, offset=1)
+
+    def __len__(self) -> int:
+        return self.layers[0].end
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].end
+
+    def truncate(self, n: int) -> None:
+        """Forget positions >= n; raises CacheError (and changes nothing) if a sliding layer cannot serve n."""
+        for layer in self.layers:  # check every layer first: a refusal changes nothing
+            if n < layer.lowest_truncation():
+                layer.truncate(n)  # raises, naming the layer's window and margin
+        for layer in self.layers:
+            layer.truncate(n)
+
+    def lowest_truncation(self) -> int:
+        return max(layer.lowest_truncation() for layer in self.layers)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def allocated_bytes(self) -> int:
+        return sum(layer.allocated_bytes() for layer in self.layers)
+
+    def compact(self) -> None:
+        for layer in self.layers:
+            layer.compact()
