@@ -55,15 +55,14 @@ def experts_forward(
     counts = torch.bincount(flat, minlength=gate_up.shape[0]).tolist()
     token = order // k  # token of each sorted pair
     xs = x[token]  # (N*k, H) grouped by expert
-    out = torch.empty_like(xs)
-    begin = 0
+    outs, begin = [], 0
     for e, c in enumerate(counts):
         if c == 0:
             continue
-        seg = slice(begin, begin + c)
-        g, u = F.linear(xs[seg], gate_up[e]).chunk(2, dim=-1)  # (c, I) each
-        out[seg] = F.linear(F.silu(g) * u, down[e])
+        g, u = F.linear(xs[begin : begin + c], gate_up[e]).chunk(2, dim=-1)  # (c, I) each
+        outs.append(F.linear(F.silu(g) * u, down[e]))
         begin += c
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
     out = out * routing.weights.reshape(-1)[order, None]
     return torch.zeros_like(x).index_add_(0, token, out)
 

@@ -30,6 +30,25 @@ class MtpLayer(nn.Module):
         self.layers = nn.ModuleList([DecoderLayer(config, config.mtp.layer_type, config.mtp.mlp_type)])
         self.norm = RMSNorm(h, config.rms_norm_eps)
 
+    def hidden_states(
+        self,
+        model: nn.Module,
+        next_ids: torch.Tensor,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """next_ids, positions (B, T): token p+1 at position p+1; hidden (B, T, H): the main model's at p.
+
+        Returns the MTP hidden state (B, T, H), normed, and the block's router logits (or None).
+        """
+        position0 = check_positions(positions, cache)
+        e = model.embed_tokens(next_ids)
+        x = self.fc(torch.cat([self.pre_fc_norm_embedding(e), self.pre_fc_norm_hidden(hidden)], dim=-1))
+        cos_sin = model.rope.cos_sin(positions, self.layer_type, x.dtype)
+        x, router_logits = self.layers[0](x, cos_sin, position0, None if cache is None else cache.layers[0])
+        return self.norm(x), router_logits
+
     def forward(
         self,
         model: nn.Module,
@@ -39,15 +58,7 @@ class MtpLayer(nn.Module):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """next_ids, positions (B, T): token p+1 at position p+1; hidden (B, T, H): the main model's at p.
-
-        Returns draft logits for token p+2, the MTP hidden state, and router logits (or None).
-        """
-        position0 = check_positions(positions, cache)
-        e = model.embed_tokens(next_ids)
-        x = self.fc(torch.cat([self.pre_fc_norm_embedding(e), self.pre_fc_norm_hidden(hidden)], dim=-1))
-        cos_sin = model.rope.cos_sin(positions, self.layer_type, x.dtype)
-        x, router_logits = self.layers[0](x, cos_sin, position0, None if cache is None else cache.layers[0])
-        x = self.norm(x)
+        """Draft logits for token p+2 (the last ``logits_to_keep`` positions, 0 = all), hidden, router logits."""
+        x, router_logits = self.hidden_states(model, next_ids, hidden, positions, cache)
         kept = x if logits_to_keep == 0 else x[:, -logits_to_keep:]
         return model.lm_head(kept), x, router_logits
