@@ -97,12 +97,6 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(a: argparse.Namespace) -> int:
-    from .server import main as serve_main
-
-    return serve_main(a.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="The mellum-lsp model engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,13 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
 
-    s = sub.add_parser("serve", help="run the engine process (see --help of serve)", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_serve)
+    sub.add_parser("serve", help="run the engine process (python -m engine serve --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the engine process has its own parser
+        from .server import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

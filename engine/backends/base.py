@@ -50,7 +50,7 @@ class Backend(ABC):
 
     @abstractmethod
     def nbytes(self, seq: Sequence) -> int:
-        """Bytes of KV state ``seq`` holds."""
+        """Bytes of memory ``seq`` holds for its KV state (allocated, not just used)."""
 
     @property
     def has_mtp(self) -> bool:

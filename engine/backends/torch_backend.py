@@ -95,10 +95,15 @@ class TorchBackend(Backend):
 
     def nbytes(self, seq: Sequence) -> int:
         st: TorchState = seq.state
-        return st.cache.nbytes() + (st.mtp_cache.nbytes() if st.mtp_cache is not None else 0)
+        main = st.cache.allocated_bytes() + (
+            st.mtp_cache.allocated_bytes() if st.mtp_cache is not None else 0
+        )
+        return main + sum(h.numel() * h.element_size() for h in st.pending)
 
     def compact(self, seq: Sequence) -> None:
         seq.state.cache.compact()
+        if seq.state.mtp_cache is not None:
+            seq.state.mtp_cache.compact()
 
     @torch.inference_mode()
     def draft(self, seq: Sequence, next_token: int, n: int) -> list[int]:
@@ -117,8 +122,10 @@ class TorchBackend(Backend):
         hidden = torch.cat(st.pending, dim=1)  # main hidden of positions pending_start .. end-1
         m0 = st.mtp_cache.length
         if m0 - 1 < st.pending_start:  # the hidden states it needs are gone: restart the MTP cache
-            st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin)
-            st.mtp_cache.layers[0].start = st.mtp_cache.layers[0].end = m0 = st.pending_start + 1
+            m0 = st.pending_start + 1
+            st.mtp_cache = KVCache(
+                [self.config.window_of(self.config.mtp.layer_type)], st.mtp_cache.margin, offset=m0
+            )
         toks = torch.tensor([seq.ids[m0:end] + [next_token]], dtype=torch.long)
         h_in = hidden[:, m0 - 1 - st.pending_start : end - st.pending_start]
         logits, h, _ = mtp(model, toks, h_in, torch.arange(m0, end + 1)[None], st.mtp_cache, logits_to_keep=1)

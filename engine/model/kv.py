@@ -29,6 +29,7 @@ class LayerKV:
     v: torch.Tensor | None = None
     start: int = 0  # position of slot 0
     end: int = 0  # one past the last position held
+    origin: int = 0  # the first position this layer ever held (1 for the MTP layer)
 
     @property
     def keep(self) -> int | None:
@@ -40,7 +41,7 @@ class LayerKV:
         t = k.shape[2]
         used = self.end - self.start
         if self.k is None or used + t > self.k.shape[2]:
-            cap = max(2 * (used + t), 64)
+            cap = max(used + t + max(256, (used + t) // 8), 64)  # grow by 1/8: little spare capacity
             nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
             nv = v.new_empty(nk.shape)
             if self.k is not None and used:
@@ -72,7 +73,7 @@ class LayerKV:
 
     def lowest_truncation(self) -> int:
         """The smallest length this layer can be truncated to."""
-        if self.window is None or self.start == 0:
+        if self.window is None or self.start == self.origin:
             return 0
         return self.start + self.window - 1
 
@@ -110,7 +111,7 @@ class KVCache:
     """KV state of one sequence across all attention layers of a model (or of its MTP layer)."""
 
     def __init__(self, windows: list[int | None], margin: int = 256, offset: int = 0) -> None:
-        self.layers = [LayerKV(w, margin, start=offset, end=offset) for w in windows]
+        self.layers = [LayerKV(w, margin, start=offset, end=offset, origin=offset) for w in windows]
         self.margin = margin
 
     @classmethod

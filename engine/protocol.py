@@ -1,0 +1,229 @@
+"""The engine's RPC protocol: methods, typed parameters with validation, results and error codes.
+
+Pure Python (no torch, no numpy): the language server imports it to talk to the engine.
+
+Frames are length-prefixed msgpack maps (see ``engine.rpc``). A request is
+``{id, method, params}``; the engine answers with any number of ``{id, partial}`` messages and
+then exactly one ``{id, result}`` or ``{id, error: {code, message}}``. A request without ``id``
+is a notification and gets no answer.
+
+Methods: ``handshake``, ``complete`` (FIM), ``generate`` (raw prompt or chat), ``prefill``
+(warm the cache, no output), ``cancel``, ``stats``, ``shutdown``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+PROTOCOL_VERSION = 1
+METHODS = ("handshake", "complete", "generate", "prefill", "cancel", "stats", "shutdown")
+
+
+class ErrorCode:
+    PARSE_ERROR = -32700  # the frame is not msgpack, or too large
+    INVALID_REQUEST = -32600  # not a map with id/method/params of the right types
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL = -32603
+    CANCELLED = -32800  # cancelled by the client or by its disconnect
+    SUPERSEDED = -32801  # a newer request for the same document replaced it
+    UNAVAILABLE = -32803  # the engine is shutting down or its backend failed
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+def _check(value: Any, kind: type | tuple[type, ...], name: str, method: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and kind in (int, float):
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: {name} must be a number, got a boolean")
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS, f"{method}: {name} must be {want}, got {type(value).__name__}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ContextChunk:
+    """A repository snippet placed before the FIM part. ``text`` may be omitted when ``key`` was
+    sent with text before on this connection's engine: the engine keeps chunks by key."""
+
+    path: str
+    text: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    deadline_ms: float | None = None
+    stream: bool = True
+
+
+@dataclass(frozen=True)
+class CompleteParams:
+    prefix: str
+    suffix: str = ""
+    context: tuple[ContextChunk, ...] = ()
+    path: str | None = None  # the current file's workspace-relative path, shown to the model
+    document: str | None = None  # a stable id (the URI): requests for it supersede each other
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    prompt: str | None = None
+    messages: tuple[dict[str, str], ...] = ()
+    document: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class PrefillParams:
+    prefix: str = ""
+    suffix: str = ""
+    context: tuple[ContextChunk, ...] = ()
+    path: str | None = None
+    document: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelParams:
+    id: int | str | None = None
+    document: str | None = None
+
+
+_SAMPLING_FIELDS = {f.name for f in fields(Sampling)}
+
+
+def _sampling(p: dict[str, Any], method: str) -> Sampling:
+    kw: dict[str, Any] = {}
+    if "max_tokens" in p:
+        kw["max_tokens"] = _check(p["max_tokens"], int, "max_tokens", method)
+        if not 0 <= kw["max_tokens"] <= 8192:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: max_tokens must be in 0..8192")
+    if "temperature" in p:
+        kw["temperature"] = _check(p["temperature"], float, "temperature", method)
+        if not 0 <= kw["temperature"] <= 10:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: temperature must be in 0..10")
+    if "top_p" in p:
+        kw["top_p"] = _check(p["top_p"], float, "top_p", method)
+        if not 0 < kw["top_p"] <= 1:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: top_p must be in (0, 1]")
+    if "stop" in p:
+        stop = _check(p["stop"], (list, tuple, str), "stop", method)
+        stop = [stop] if isinstance(stop, str) else stop
+        for s in stop:
+            _check(s, str, "stop[]", method)
+        if any(not s for s in stop):
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: stop strings must be non-empty")
+        kw["stop"] = tuple(stop)
+    if p.get("deadline_ms") is not None:
+        kw["deadline_ms"] = _check(p["deadline_ms"], float, "deadline_ms", method)
+        if kw["deadline_ms"] <= 0:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: deadline_ms must be > 0")
+    if "stream" in p:
+        kw["stream"] = _check(p["stream"], bool, "stream", method)
+    return Sampling(**kw)
+
+
+def _context(p: dict[str, Any], method: str) -> tuple[ContextChunk, ...]:
+    raw = _check(p.get("context", []), (list, tuple), "context", method)
+    out = []
+    for i, c in enumerate(raw):
+        _check(c, dict, f"context[{i}]", method)
+        path = _check(c.get("path"), str, f"context[{i}].path", method)
+        text = c.get("text")
+        key = c.get("key")
+        if text is not None:
+            _check(text, str, f"context[{i}].text", method)
+        if key is not None:
+            _check(key, str, f"context[{i}].key", method)
+        if text is None and key is None:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: context[{i}] needs text or key")
+        out.append(ContextChunk(path, text, key))
+    return tuple(out)
+
+
+def _opt_str(p: dict[str, Any], name: str, method: str) -> str | None:
+    v = p.get(name)
+    return None if v is None else _check(v, str, name, method)
+
+
+def _no_unknown(p: dict[str, Any], allowed: set[str], method: str) -> None:
+    unknown = sorted(set(p) - allowed)
+    if unknown:
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"{method}: unknown parameter(s) {unknown}; expected some of {sorted(allowed)}",
+        )
+
+
+def parse_params(method: str, params: Any) -> Any:
+    """Validate ``params`` of ``method``; raises ProtocolError naming the bad field."""
+    if method not in METHODS:
+        raise ProtocolError(
+            ErrorCode.METHOD_NOT_FOUND, f"unknown method {method!r}; expected one of {METHODS}"
+        )
+    params = {} if params is None else params
+    _check(params, dict, "params", method)
+    if method == "complete":
+        _no_unknown(params, {"prefix", "suffix", "context", "path", "document"} | _SAMPLING_FIELDS, method)
+        return CompleteParams(
+            prefix=_check(params.get("prefix"), str, "prefix", method),
+            suffix=_check(params.get("suffix", ""), str, "suffix", method),
+            context=_context(params, method),
+            path=_opt_str(params, "path", method),
+            document=_opt_str(params, "document", method),
+            sampling=_sampling(params, method),
+        )
+    if method == "generate":
+        _no_unknown(params, {"prompt", "messages", "document"} | _SAMPLING_FIELDS, method)
+        prompt = _opt_str(params, "prompt", method)
+        messages = _check(params.get("messages", []), (list, tuple), "messages", method)
+        for i, m in enumerate(messages):
+            _check(m, dict, f"messages[{i}]", method)
+            _check(m.get("role"), str, f"messages[{i}].role", method)
+            _check(m.get("content"), str, f"messages[{i}].content", method)
+        if (prompt is None) == (not messages):
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: give exactly one of prompt or messages")
+        return GenerateParams(
+            prompt,
+            tuple(dict(m) for m in messages),
+            _opt_str(params, "document", method),
+            _sampling(params, method),
+        )
+    if method == "prefill":
+        _no_unknown(params, {"prefix", "suffix", "context", "path", "document"}, method)
+        return PrefillParams(
+            prefix=_check(params.get("prefix", ""), str, "prefix", method),
+            suffix=_check(params.get("suffix", ""), str, "suffix", method),
+            context=_context(params, method),
+            path=_opt_str(params, "path", method),
+            document=_opt_str(params, "document", method),
+        )
+    if method == "cancel":
+        _no_unknown(params, {"id", "document"}, method)
+        target = params.get("id")
+        if target is not None:
+            _check(target, (int, str), "id", method)
+        document = _opt_str(params, "document", method)
+        if target is None and document is None:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: give id or document")
+        return CancelParams(target, document)
+    _no_unknown(params, set(), method)
+    return None

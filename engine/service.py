@@ -1,0 +1,387 @@
+"""What the engine does for one request: build the prompt, reuse the cache, prefill, decode.
+
+``Engine.execute(job)`` runs on the scheduler's single model worker. It turns FIM parameters into
+token ids in the stable-first layout (context chunks, file header, suffix, prefix), caching the
+ids of every context chunk by key and of each document's prefix up to its last line boundary, so
+a keystroke tokenises only the line being edited. It takes the longest reusable prefix from the
+``PrefixStore``, prefills the rest in chunks (cancellable between chunks), snapshots the stable
+part for other requests, decodes (greedy with speculation, or sampling) and parks the sequence
+as the document's tip. Offers ``EngineConfig``, ``Job``, ``Engine``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend, Sequence
+from .cache import PrefixStore
+from .generate import Sampler, SamplingParams, log_softmax
+from .prompt import FimPieces, assemble
+from .protocol import (
+    PROTOCOL_VERSION,
+    CompleteParams,
+    ContextChunk,
+    ErrorCode,
+    GenerateParams,
+    PrefillParams,
+    ProtocolError,
+    Sampling,
+)
+from .speculative import SpecConfig, SpecStats, greedy_decode
+from .tokenizer import IncrementalDecoder, Tokenizer
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    cache_mb: float = 1024.0
+    margin: int = 256  # sliding-layer rollback margin, tokens
+    prefill_chunk: int = 512
+    spec: SpecConfig = field(default_factory=SpecConfig)
+    max_context: int | None = None  # default: the model's max_position_embeddings
+    snapshot_min_tokens: int = 128  # snapshot the stable part when it is at least this long
+    chunk_cache_entries: int = 4096
+
+
+@dataclass
+class Job:
+    id: int
+    method: str
+    params: Any
+    emit: Callable[[dict], None]  # partial results; thread-safe
+    finish: Callable[[dict | None, ProtocolError | None], None]  # exactly once
+    document: str | None = None
+    background: bool = False
+    created: float = field(default_factory=time.monotonic)
+    deadline: float | None = None
+    cancel_reason: str | None = None
+    text: str = ""  # generated so far (read by typed-ahead matching on the event loop)
+    followers: list[tuple[Job, str]] = field(default_factory=list)  # (job, typed characters)
+    finished: bool = False
+
+    def cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+
+    def should_stop(self) -> str | None:
+        if self.cancel_reason:
+            return self.cancel_reason
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "deadline"
+        return None
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+def chunk_key(chunk: ContextChunk) -> str:
+    if chunk.key is not None:
+        return chunk.key
+    return hashlib.sha1(f"{chunk.path}\0{chunk.text}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def line_cut(text: str) -> int:
+    """A cut point before the last line such that tokenising both sides apart equals tokenising
+    the whole: right before the newline run that precedes the last line (the pre-tokenizer always
+    splits there). 0 when there is none."""
+    i = text.rfind("\n")
+    while i > 0 and text[i - 1] in "\r\n":
+        i -= 1
+    return max(i, 0)
+
+
+class Engine:
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
+        self.backend, self.tok = backend, tokenizer
+        self.config = config or EngineConfig()
+        self.store = PrefixStore(backend, int(self.config.cache_mb * 2**20), self.config.margin)
+        self.context_limit = self.config.max_context or backend.config.max_position_embeddings
+        self._chunks = _Lru(self.config.chunk_cache_entries)  # key -> (path, text, ids)
+        self._doc_prefix: dict[str, tuple[str, list[int]]] = {}  # document -> (head text, head ids)
+        self._texts = _Lru(64)  # suffix text -> ids
+        self.lock = threading.Lock()  # guards the records below (read by stats on the event loop)
+        self.records: deque[dict] = deque(maxlen=200)
+        self.totals = {"requests": 0, "hits": 0, "prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0,
+                       "generated_tokens": 0, "typed_ahead": 0, "cancelled": 0, "superseded": 0}  # fmt: skip
+        self.spec_totals = SpecStats()
+        self.started = time.time()
+
+    # ---- prompt building -------------------------------------------------------------------
+    def handshake(self) -> dict:
+        c = self.backend.config
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "model": self.backend.model_dir,
+            "model_id": f"mellum:{c.num_layers}x{c.hidden_size}:{c.vocab_size}",
+            "context_length": self.context_limit,
+            "fim": True,
+            "fim_order": self.tok.template.order,
+            "backend": self.backend.name,
+            "mtp": self.backend.has_mtp,
+        }
+
+    def remember_chunk(self, chunk: ContextChunk) -> tuple[int, ...]:
+        key = chunk_key(chunk)
+        if chunk.text is None:
+            if key not in self._chunks:
+                raise ProtocolError(
+                    ErrorCode.INVALID_PARAMS, f"unknown context key {key!r}; send it with its text"
+                )
+            self._chunks.move_to_end(key)
+            return self._chunks[key]
+        return self._chunks.get_or(
+            key, lambda: (self.tok.fim.file, *self.tok.encode(f"{chunk.path}\n{chunk.text}"))
+        )
+
+    def _prefix_ids(self, document: str | None, prefix: str) -> list[int]:
+        cut = line_cut(prefix)
+        head = prefix[:cut]
+        cached = self._doc_prefix.get(document) if document else None
+        if cached is not None and cached[0] == head:
+            head_ids = cached[1]
+        else:
+            head_ids = self.tok.encode(head)
+            if document:
+                self._doc_prefix[document] = (head, head_ids)
+        return head_ids + self.tok.encode(prefix[cut:])
+
+    def fim_ids(self, p: CompleteParams | PrefillParams, reserve: int) -> tuple[list[int], int]:
+        """(prompt ids, length of its stable part: context chunks and file header)."""
+        context = tuple(self.remember_chunk(c) for c in p.context)
+        header = (self.tok.fim.file, *self.tok.encode(f"{p.path}\n")) if p.path else ()
+        suffix = self._texts.get_or(p.suffix, lambda: tuple(self.tok.encode(p.suffix)))
+        prefix = tuple(self._prefix_ids(p.document, p.prefix))
+        pieces = FimPieces(context, header, suffix, prefix)
+        ids = assemble(self.tok, pieces, max_tokens=max(16, self.context_limit - reserve))
+        kept = 0
+        stable = len(header)
+        for block in context:  # assemble drops context from the end when over budget
+            if ids[kept : kept + len(block)] == list(block):
+                kept += len(block)
+                stable += len(block)
+            else:
+                break
+        return ids, stable
+
+    def chat_ids(self, p: GenerateParams) -> list[int]:
+        if p.prompt is not None:
+            return self.tok.encode(p.prompt)
+        return self.tok.encode_chat(list(p.messages))
+
+    # ---- running ---------------------------------------------------------------------------
+    def _prefill(self, job: Job, seq: Sequence, ids: list[int], upto: int) -> np.ndarray | None:
+        """Extend ``seq`` with ids[len(seq.ids):upto] in chunks; the last logits, or None if stopped."""
+        logits = None
+        start = len(seq.ids)
+        for i in range(start, upto, self.config.prefill_chunk):
+            if job.should_stop():
+                return None
+            logits = self.backend.forward(
+                seq, ids[i : min(upto, i + self.config.prefill_chunk)], logits_to_keep=1
+            )
+        return None if logits is None else logits[-1]
+
+    def execute(self, job: Job) -> dict:
+        t0 = time.monotonic()
+        queue_ms = (t0 - job.created) * 1e3
+        p = job.params
+        sampling = getattr(p, "sampling", Sampling(max_tokens=0))
+        if job.method == "generate":
+            ids, stable = self.chat_ids(p), 0
+            if len(ids) + sampling.max_tokens > self.context_limit:
+                ids = ids[-(self.context_limit - sampling.max_tokens) :]
+        else:
+            ids, stable = self.fim_ids(p, reserve=sampling.max_tokens)
+        if not ids:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{job.method}: the prompt is empty")
+        reuse = self.store.acquire(ids, job.document)
+        seq = reuse.seq
+        snapshot = False
+        result: dict[str, Any] = {}
+        try:
+            if stable >= self.config.snapshot_min_tokens and len(seq.ids) < stable:
+                if self._prefill(job, seq, ids, stable) is not None:
+                    snapshot = self.store.snapshot(seq)
+            if job.method == "prefill":
+                self._prefill(job, seq, ids, len(ids))
+                text, tokens, stopped, first_ms, spec = "", [], job.should_stop() or "done", None, SpecStats()
+            else:
+                t_prefill = time.monotonic()
+                logits = self._prefill(job, seq, ids, len(ids))
+                prefill_ms = (time.monotonic() - t_prefill) * 1e3
+                if logits is None:
+                    text, tokens, stopped, first_ms, spec = (
+                        "",
+                        [],
+                        job.should_stop() or "cancelled",
+                        None,
+                        SpecStats(),
+                    )
+                else:
+                    text, tokens, stopped, first_ms, spec = self._decode(job, seq, logits, sampling, t0)
+                result["timing_prefill_ms"] = prefill_ms
+        finally:
+            self.store.park(seq, job.document)
+        total_ms = (time.monotonic() - t0) * 1e3
+        computed = len(ids) - reuse.reused
+        record = {
+            "id": job.id,
+            "method": job.method,
+            "document": job.document,
+            "prompt_tokens": len(ids),
+            "reused_tokens": reuse.reused,
+            "computed_tokens": computed,
+            "cache_source": reuse.source,
+            "snapshot": snapshot,
+            "generated_tokens": len(tokens),
+            "stopped": stopped,
+            "queue_ms": round(queue_ms, 3),
+            "total_ms": round(total_ms, 3),
+            "first_token_ms": None if first_ms is None else round(first_ms, 3),
+        }
+        with self.lock:
+            self.records.append(record)
+            t = self.totals
+            t["requests"] += 1
+            t["hits"] += reuse.reused > 0
+            t["prompt_tokens"] += len(ids)
+            t["reused_tokens"] += reuse.reused
+            t["computed_tokens"] += computed
+            t["generated_tokens"] += len(tokens)
+            t["cancelled"] += stopped in ("cancelled",)
+            t["superseded"] += stopped in ("superseded",)
+            self.spec_totals.add(spec)
+        if job.method == "prefill":
+            return {"prompt_tokens": len(ids), "reused_tokens": reuse.reused, "computed_tokens": computed,
+                    "stopped": stopped, "timing": {"total_ms": total_ms}}  # fmt: skip
+        return {
+            "text": text,
+            "tokens": len(tokens),
+            "stopped": stopped,
+            "served": "model",
+            "timing": {
+                "queue_ms": queue_ms,
+                "prefill_ms": result.get("timing_prefill_ms", 0.0),
+                "first_token_ms": first_ms,
+                "total_ms": total_ms,
+            },
+            "cache": {
+                "prompt_tokens": len(ids),
+                "reused_tokens": reuse.reused,
+                "computed_tokens": computed,
+                "source": reuse.source,
+            },  # fmt: skip
+            "spec": {"drafted": spec.drafted, "accepted": spec.accepted},
+        }
+
+    def _decode(self, job: Job, seq: Sequence, logits: np.ndarray, s: Sampling, t0: float):
+        """Generate after ``seq``; returns (text, tokens, stopped, first_token_ms, spec stats)."""
+        decoder = IncrementalDecoder(self.tok)
+        eos = set(self.tok.eos_ids)
+        tokens: list[int] = []
+        first_ms: list[float] = []
+        state = {"text": "", "stop": False}
+
+        def on_tokens(new: list[int]) -> bool:
+            if not first_ms:
+                first_ms.append((time.monotonic() - t0) * 1e3)
+            for t in new:
+                if t in eos:
+                    state["stop"] = True
+                    break
+                tokens.append(t)
+                piece = decoder.push(t)
+                if not piece:
+                    continue
+                before = state["text"]
+                text = before + piece
+                cut = min((i for i in (text.find(x, max(0, len(before) - len(x) + 1)) for x in s.stop) if i >= 0),
+                          default=-1)  # fmt: skip
+                if cut >= 0:
+                    text = text[:cut]
+                    state["stop"] = True
+                state["text"] = text
+                job.text = text
+                if s.stream and len(text) > len(before):
+                    job.emit({"text": text[len(before) :]})
+                if state["stop"]:
+                    break
+            return state["stop"]
+
+        if s.max_tokens == 0:
+            return "", [], "length", None, SpecStats()
+        if s.temperature == 0:
+            _, stopped, spec = greedy_decode(self.backend, seq, logits, s.max_tokens, self.config.spec, on_tokens,
+                                             job.should_stop)  # fmt: skip
+        else:
+            spec = SpecStats()
+            sampler = Sampler(
+                SamplingParams(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+            )
+            stopped = "length"
+            for i in range(s.max_tokens):
+                token = sampler(logits)
+                if on_tokens([token]):
+                    stopped = "stop"
+                    break
+                reason = job.should_stop()
+                if reason:
+                    stopped = reason
+                    break
+                if i + 1 < s.max_tokens:
+                    logits = self.backend.forward(seq, [token], logits_to_keep=1)[-1]
+        if stopped == "length" and state["stop"]:
+            stopped = "stop"
+        if not state["stop"] and stopped not in ("cancelled", "superseded"):
+            tail = decoder.flush()
+            if tail:
+                state["text"] += tail
+                if s.stream:
+                    job.emit({"text": tail})
+        return state["text"], tokens, stopped, (first_ms[0] if first_ms else None), spec
+
+    def stats(self) -> dict:
+        with self.lock:
+            totals = dict(self.totals)
+            records = list(self.records)[-20:]
+            spec = self.spec_totals
+        prompt = totals["prompt_tokens"] or 1
+        return {
+            "backend": self.backend.name,
+            "uptime_s": time.time() - self.started,
+            "totals": totals | {"reuse_share": totals["reused_tokens"] / prompt},
+            "cache": self.store.stats(),
+            "spec": {
+                "drafted": spec.drafted,
+                "accepted": spec.accepted,
+                "acceptance": spec.acceptance,
+                "mtp_drafted": spec.mtp_drafted,
+                "mtp_accepted": spec.mtp_accepted,
+                "lookup_drafted": spec.lookup_drafted,
+                "lookup_accepted": spec.lookup_accepted,
+            },  # fmt: skip
+            "recent": records,
+        }
+
+
+def token_logprob(logits: np.ndarray, token: int) -> float:
+    return float(log_softmax(logits)[token])

@@ -1,0 +1,143 @@
+"""Greedy decoding with speculation: drafts from prompt lookup or the MTP layer, verified in one pass.
+
+Rule: the main model's argmax decides every token. A draft d_1..d_k after the pending token t is
+checked by one forward over [t, d_1..d_k]; d_i is accepted while it equals the argmax after
+t, d_1..d_{i-1}; the first mismatch (or the step after the last draft) yields the model's own
+token, so every step emits at least one token and the output equals plain greedy decoding.
+
+Drafts come from prompt lookup first (the longest recent n-gram of the sequence found earlier in
+it proposes what followed it, which pays off when an edit copies nearby code), else from the MTP
+layer chained on itself. Offers ``SpecConfig``, ``prompt_lookup``, ``SpecStats`` and
+``greedy_decode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Backend, Sequence
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    mtp_drafts: int = 2  # MTP tokens per step (the layer chained on its own hidden state)
+    lookup: bool = True
+    lookup_ngram: int = 3  # longest n-gram to match
+    lookup_min_ngram: int = 2
+    lookup_drafts: int = 8
+    lookup_window: int = 4096  # how far back to search (keeps the cost per token bounded)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mtp_drafts > 0 or self.lookup
+
+
+NO_SPECULATION = SpecConfig(mtp_drafts=0, lookup=False)
+
+
+def prompt_lookup(ids: np.ndarray, n_max: int, n_min: int, k: int, window: int) -> list[int]:
+    """Up to k tokens that followed the most recent earlier occurrence of the sequence's last n-gram."""
+    total = len(ids)
+    lo = max(0, total - window)
+    for n in range(n_max, n_min - 1, -1):
+        if total - lo <= n:
+            continue
+        tail = ids[total - n :]
+        hay = ids[lo : total - 1]  # occurrences must end before the last token
+        if len(hay) < n:
+            continue
+        match = np.ones(len(hay) - n + 1, dtype=bool)
+        for j in range(n):
+            match &= hay[j : len(hay) - n + 1 + j] == tail[j]
+        hits = np.flatnonzero(match)
+        if len(hits):
+            start = lo + int(hits[-1]) + n
+            draft = ids[start : min(start + k, total)]
+            if len(draft):
+                return [int(x) for x in draft]
+    return []
+
+
+@dataclass
+class SpecStats:
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    lookup_drafted: int = 0
+    lookup_accepted: int = 0
+    mtp_drafted: int = 0
+    mtp_accepted: int = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def add(self, other: SpecStats) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def greedy_decode(
+    backend: Backend,
+    seq: Sequence,
+    logits: np.ndarray,
+    max_new: int,
+    spec: SpecConfig,
+    on_tokens: Callable[[list[int]], bool],
+    should_stop: Callable[[], str | None] = lambda: None,
+) -> tuple[list[int], str, SpecStats]:
+    """Greedy tokens after ``seq`` whose next-token logits are ``logits``.
+
+    ``on_tokens(new)`` is called after every step with the tokens it produced; it returns True
+    to stop (a stop token or string). ``should_stop()`` returns a reason ("cancelled",
+    "deadline") to end early. Returns (tokens, reason, stats); the sequence holds all tokens but
+    the last (whose KV is computed only when decoding continues).
+    """
+    stats = SpecStats()
+    out: list[int] = []
+    token = int(np.argmax(logits))
+    out.append(token)
+    if on_tokens([token]) or max_new <= 1:
+        return out, "stop" if len(out) < max_new else "length", stats
+    while len(out) < max_new:
+        reason = should_stop()
+        if reason:
+            return out, reason, stats
+        room = max_new - len(out)
+        draft, source = [], ""
+        if spec.lookup and room > 1:
+            history = np.asarray(seq.ids[-spec.lookup_window :] + [token], dtype=np.int64)
+            draft = prompt_lookup(
+                history, spec.lookup_ngram, spec.lookup_min_ngram, spec.lookup_drafts, spec.lookup_window
+            )
+            source = "lookup"
+        if not draft and spec.mtp_drafts and backend.has_mtp and room > 1:
+            draft, source = backend.draft(seq, token, spec.mtp_drafts), "mtp"
+        draft = draft[: room - 1]
+        n0 = len(seq.ids)
+        step_logits = backend.forward(seq, [token, *draft], logits_to_keep=len(draft) + 1)
+        predicted = np.argmax(step_logits, axis=-1)
+        accepted = 0
+        while accepted < len(draft) and int(predicted[accepted]) == draft[accepted]:
+            accepted += 1
+        new = [*draft[:accepted], int(predicted[accepted])]
+        if accepted < len(draft):
+            backend.truncate(seq, n0 + 1 + accepted)  # drop the rejected drafts' KV
+        stats.steps += 1
+        stats.drafted += len(draft)
+        stats.accepted += accepted
+        if source == "lookup":
+            stats.lookup_drafted += len(draft)
+            stats.lookup_accepted += accepted
+        elif source == "mtp":
+            stats.mtp_drafted += len(draft)
+            stats.mtp_accepted += accepted
+        new = new[:room]
+        out.extend(new)
+        token = new[-1]
+        if on_tokens(new):
+            return out, "stop", stats
+    return out, "length", stats
