@@ -273,7 +273,7 @@ def test_kv_bytes_held_are_close_to_the_theoretical_minimum(backend):
     c = backend.config
     seq = backend.new_sequence(margin=8)
     n = 2000
-    for i in range(0, n, 500):
+    for _ in range(0, n, 500):
         backend.forward(seq, [5] * 500)
     per_pos = 2 * c.num_kv_heads * c.head_dim * 4
     windows = [c.window_of(t) for t in c.layer_types] + [c.window_of(c.mtp.layer_type)]
