@@ -164,7 +164,8 @@ def load_engine(a: argparse.Namespace):
     if a.remote:
         from .remote import RemoteEngine
 
-        return RemoteEngine(a.remote, token=os.environ.get("MELLUM_REMOTE_TOKEN"), model=a.remote_model)
+        return RemoteEngine(a.remote, token=os.environ.get("MELLUM_REMOTE_TOKEN"), model=a.remote_model,
+                            timeout=a.remote_timeout, fim_template=a.remote_fim_template)  # fmt: skip
     from .backends import load_backend
     from .tokenizer import Tokenizer
 
@@ -249,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote", metavar="URL", help="send work to an OpenAI-compatible server (vLLM, SGLang, ours)"
     )
     p.add_argument("--remote-model", help="model name on the remote server (default: its first model)")
+    p.add_argument(
+        "--remote-fim-template", help="FIM prompt with {prefix} and {suffix}, for servers without suffix"
+    )
+    p.add_argument("--remote-timeout", type=float, default=60.0, help="seconds to wait for the remote server")
     p.add_argument("--cache-mb", type=float, default=1024.0, help="KV prefix-cache budget in MiB")
     p.add_argument("--margin", type=int, default=256, help="sliding-window rollback margin in tokens")
     p.add_argument("--threads", type=int, default=None)

@@ -23,12 +23,20 @@ class TorchState:
     pending_start: int = 0  # position of pending[0]'s first row
 
 
+SMALL_FORWARD = 16  # tokens: up to this many, a forward runs on ``decode_threads``
+
+
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: Mellum, model_dir: str = "", threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
+    def __init__(
+        self, model: Mellum, model_dir: str = "", threads: int | None = None, decode_threads: int = 1
+    ) -> None:
+        # Prefill chunks use every thread; the few-token forwards of decoding use one, because
+        # a parallel region waits for its slowest thread and the editor's machine is never idle
+        # (measured here: 2 threads on a busy machine decoded 30x slower than 1).
+        self.threads = threads or torch.get_num_threads()
+        self.decode_threads = min(decode_threads, self.threads)
         self.model = model.eval()
         self.config = model.config
         self.model_dir = model_dir
@@ -45,8 +53,12 @@ class TorchBackend(Backend):
         mtp = KVCache.for_mtp(self.config, margin) if self.has_mtp else None
         return Sequence([], TorchState(KVCache.for_model(self.config, margin), mtp))
 
+    def _threads_for(self, n: int) -> None:
+        torch.set_num_threads(self.decode_threads if n <= SMALL_FORWARD else self.threads)
+
     @torch.inference_mode()
     def forward(self, seq: Sequence, ids: list[int], logits_to_keep: int = 1) -> np.ndarray:
+        self._threads_for(len(ids))
         st: TorchState = seq.state
         n0 = st.cache.length
         x = torch.tensor([ids], dtype=torch.long)
@@ -57,15 +69,14 @@ class TorchBackend(Backend):
             if not st.pending:
                 st.pending_start = n0
             st.pending.append(out.hidden)
-            self._bound_pending(st)
+            self._bound_pending(st, len(seq.ids) - st.pending_start)
         return out.logits[0].float().numpy()
 
-    def _bound_pending(self, st: TorchState) -> None:
+    def _bound_pending(self, st: TorchState, total: int) -> None:
         """The MTP layer only ever needs its window of positions: drop older pending hidden states."""
         window = self.config.window_of(self.config.mtp.layer_type)
         if window is None:
             return
-        total = sum(h.shape[1] for h in st.pending)
         need = window + st.mtp_cache.margin
         if total > 2 * need:
             h = torch.cat(st.pending, dim=1)[:, -need:]
@@ -78,7 +89,9 @@ class TorchBackend(Backend):
         del seq.ids[n:]
         if st.mtp_cache is not None:
             # MTP entry p reads token p and main hidden p-1: entries and hidden states >= n go.
-            if st.mtp_cache.length > n:
+            if n < st.mtp_cache.layers[0].start:  # a restarted MTP cache that began after n
+                st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin)
+            elif st.mtp_cache.length > n:
                 try:
                     st.mtp_cache.truncate(n)
                 except CacheError:
@@ -119,7 +132,11 @@ class TorchBackend(Backend):
         if st.mtp_cache is None or n <= 0 or end == 0 or not st.pending:
             return []
         mtp, model = self.model.mtp, self.model
+        if st.mtp_cache.length > end:  # drafted twice without a forward in between
+            st.mtp_cache.truncate(end)
+        self._threads_for(end - st.mtp_cache.length + 1)
         hidden = torch.cat(st.pending, dim=1)  # main hidden of positions pending_start .. end-1
+        st.pending = [hidden]
         m0 = st.mtp_cache.length
         if m0 - 1 < st.pending_start:  # the hidden states it needs are gone: restart the MTP cache
             m0 = st.pending_start + 1

@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A config.json that does not describe a Mellum model we can run."""
 
 
+class CacheError(RuntimeError):
+    """A KV-cache operation that the held positions cannot serve (any backend)."""
+
+
 @dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding of one attention layer type (HF ``rope_parameters[layer_type]``)."""

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import MellumConfig
+from .config import CacheError, MellumConfig
 
-
-class CacheError(RuntimeError):
-    """A cache operation that the held positions cannot serve."""
+__all__ = ["CacheError", "KVCache", "LayerKV"]
 
 
 @dataclass

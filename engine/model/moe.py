@@ -50,6 +50,12 @@ def experts_forward(
 ) -> torch.Tensor:
     """x (N, H) -> (N, H): each token's k expert outputs, weighted and summed."""
     n, k = routing.experts.shape
+    if n == 1:  # decoding one token: its k experts, no grouping needed
+        y = torch.zeros_like(x)
+        for e, w in zip(routing.experts[0].tolist(), routing.weights[0], strict=True):
+            g, u = F.linear(x, gate_up[e]).chunk(2, dim=-1)
+            y = y + w * F.linear(F.silu(g) * u, down[e])
+        return y
     flat = routing.experts.reshape(-1)  # (N*k,)
     order = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=gate_up.shape[0]).tolist()

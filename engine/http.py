@@ -1,0 +1,605 @@
+"""OpenAI-compatible HTTP/1.1 front end of the engine, on asyncio streams.
+
+Routes: ``GET /health``; ``GET /v1/models`` (one model); ``POST /v1/completions``: with ``suffix`` it
+is FIM through the engine's ``complete`` (a prompt that opens with ``<filename>{path}\\n{text}``
+blocks gives them back as repository context and the current file's path, the way a Mellum
+tokenizer reads them), without ``suffix`` it is ``generate``; ``POST /v1/chat/completions``
+(``generate`` with ``messages``). Defaults follow OpenAI (``max_tokens`` 16, ``temperature`` 1).
+``stream: true`` answers with server-sent events in chunked encoding, ending in ``data: [DONE]``.
+
+Errors are OpenAI-shaped, ``{"error": {"message", "type", "code"}}``. Connections stay open
+between requests (HTTP/1.1 keep-alive) unless the client sends ``Connection: close``; a client
+that goes away mid-request cancels its job. With a token, ``/v1/*`` needs
+``Authorization: Bearer <token>`` (``/health`` stays open, as in vLLM). Offers
+``start_http_server`` and the pure helpers ``completion_request``, ``chat_request`` and
+``split_repo_context``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from .protocol import ErrorCode, ProtocolError, parse_params
+
+log = logging.getLogger("engine.http")
+
+MAX_BODY = 8 * 2**20  # bytes of a request body
+MAX_HEAD = 64 * 2**10  # bytes of a request line plus headers
+IDLE_TIMEOUT = 75.0  # seconds a kept-alive connection may wait for its next request
+FILE_TOKEN = "<filename>"
+
+# OpenAI fields we accept and ignore, and fields we accept only with their default meaning.
+_IGNORED = {"model", "user", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "stream_options"}
+_ONLY = {
+    "n": (1,),
+    "best_of": (1,),
+    "echo": (False,),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+}
+# engine error code -> (HTTP status, OpenAI-style error code); anything else is a 500 "internal".
+_STATUS_OF_CODE = {
+    ErrorCode.PARSE_ERROR: (400, "invalid_request"),
+    ErrorCode.INVALID_REQUEST: (400, "invalid_request"),
+    ErrorCode.INVALID_PARAMS: (400, "invalid_params"),
+    ErrorCode.CANCELLED: (503, "cancelled"),
+    ErrorCode.SUPERSEDED: (409, "superseded"),
+    ErrorCode.UNAVAILABLE: (503, "unavailable"),
+}
+
+
+class HttpError(Exception):
+    """An answer other than 2xx; ``close`` when the connection cannot be reused (body unread)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        close: bool = False,
+        headers: dict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.close = status, message, code, close
+        self.headers: dict[str, str] = headers or {}
+
+    def body(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "code": self.code}}
+
+
+def _from_protocol(e: ProtocolError) -> HttpError:
+    status, code = _STATUS_OF_CODE.get(e.code, (500, "internal"))
+    return HttpError(status, e.message, code=code)
+
+
+# ---- request bodies -> engine parameters (pure) ------------------------------------------------
+
+
+def split_repo_context(prompt: str) -> tuple[list[dict[str, str]], str | None, str]:
+    """(context chunks, current path, prefix) of a prompt in Mellum's repository-context layout.
+
+    A prompt that opens with ``<filename>{path}\\n{text}`` blocks gives every block but the last as
+    a context chunk; the last names the current file and holds the prefix. Any other prompt is all
+    prefix.
+    """
+    if not prompt.startswith(FILE_TOKEN):
+        return [], None, prompt
+    blocks = []
+    for block in prompt.split(FILE_TOKEN)[1:]:
+        path, newline, text = block.partition("\n")
+        if not newline:
+            return [], None, prompt
+        blocks.append((path, text))
+    *context, (path, prefix) = blocks
+    return [{"path": p, "text": t} for p, t in context], path or None, prefix
+
+
+def _sampling(body: dict, own: set[str]) -> dict[str, Any]:
+    """Sampling fields for ``parse_params``, with OpenAI's defaults; ``own`` are the route's other fields."""
+    for name, allowed in _ONLY.items():
+        if body.get(name) is not None and body[name] not in allowed:
+            raise HttpError(
+                400, f"{name}={body[name]!r} is not supported; expected {allowed[0]!r}", "invalid_params"
+            )
+    out: dict[str, Any] = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "stream": False}
+    given = {"max_tokens": body.get("max_tokens", body.get("max_completion_tokens"))}
+    given |= {name: body.get(name) for name in ("temperature", "top_p", "stream", "stop")}
+    out |= {name: value for name, value in given.items() if value is not None}
+    for name in sorted(set(body) - own - _IGNORED - set(_ONLY) - set(given) - {"max_completion_tokens"}):
+        log.debug("ignoring unsupported request field %r", name)
+    return out
+
+
+def _parse(method: str, params: dict) -> Any:
+    try:
+        return parse_params(method, params)
+    except ProtocolError as e:
+        raise _from_protocol(e) from None
+
+
+def completion_request(body: dict) -> tuple[str, Any]:
+    """(engine method, parsed params) of a ``/v1/completions`` body."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise HttpError(
+            400, "prompt must be a string (token ids and batches are not supported)", "invalid_params"
+        )
+    sampling = _sampling(body, {"prompt", "suffix"})
+    suffix = body.get("suffix")
+    if suffix is None:
+        return "generate", _parse("generate", {"prompt": prompt, **sampling})
+    if not isinstance(suffix, str):
+        raise HttpError(400, f"suffix must be a string, got {type(suffix).__name__}", "invalid_params")
+    context, path, prefix = split_repo_context(prompt)
+    params = {"prefix": prefix, "suffix": suffix, "context": context, "path": path, **sampling}
+    return "complete", _parse("complete", params)
+
+
+def _message_text(i: int, content: Any) -> Any:
+    """A message's content as text: a string, or the text parts of a list of parts."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for part in content:
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            raise HttpError(400, f"messages[{i}].content: only text parts are supported", "invalid_params")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def chat_request(body: dict) -> tuple[str, Any]:
+    """(engine method, parsed params) of a ``/v1/chat/completions`` body."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise HttpError(400, "messages must be a non-empty list of {role, content}", "invalid_params")
+    if body.get("tools"):
+        raise HttpError(400, "tools are not supported", "invalid_params")
+    plain = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise HttpError(400, f"messages[{i}] must be an object, got {type(m).__name__}", "invalid_params")
+        plain.append({"role": m.get("role"), "content": _message_text(i, m.get("content"))})
+    sampling = _sampling(body, {"messages", "tools", "tool_choice", "parallel_tool_calls"})
+    return "generate", _parse("generate", {"messages": plain, **sampling})
+
+
+def _finish_reason(stopped: str) -> str:
+    return "length" if stopped in ("length", "deadline") else "stop"
+
+
+def _usage(result: dict) -> dict | None:
+    cache = result.get("cache") or {}
+    if result.get("served") == "typed_ahead" or "prompt_tokens" not in cache:
+        return None  # answered from an earlier suggestion: no counts for this request
+    prompt, completion = cache["prompt_tokens"], result.get("tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cache.get("reused_tokens", 0)}}  # fmt: skip
+
+
+# ---- the connection ------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    version: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
+        return self.version == "HTTP/1.1" and "close" not in tokens
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request was running."""
+
+
+class _Conn:
+    """One client connection: a byte buffer over the stream, so a disconnect can be watched for
+    while a job runs without losing a request the client pipelined."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.buf = bytearray()
+
+    async def _fill(self) -> bool:
+        data = await self.reader.read(65536)
+        self.buf += data
+        return bool(data)
+
+    async def read_head(self) -> bytes | None:
+        """The request line and headers, or None when the client closed between requests."""
+        while True:
+            while self.buf.startswith(b"\r\n"):  # stray line ends between requests are allowed
+                del self.buf[:2]
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = bytes(self.buf[:end])
+                del self.buf[: end + 4]
+                return head
+            if len(self.buf) > MAX_HEAD:
+                raise HttpError(431, f"request head is over {MAX_HEAD} bytes", "head_too_large", close=True)
+            if not await self._fill():
+                return None
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not await self._fill():
+                raise ClientGone
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    async def read_line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            if len(self.buf) > MAX_HEAD:
+                raise HttpError(400, "chunk header line is too long", "bad_chunk", close=True)
+            if not await self._fill():
+                raise ClientGone
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        return line
+
+    async def wait_closed(self) -> None:
+        """Return when the client closes; bytes it sends meanwhile (a pipelined request) are kept."""
+        while len(self.buf) <= MAX_HEAD + MAX_BODY:
+            if not await self._fill():
+                return
+        await asyncio.Event().wait()  # too much pipelined: stop reading, wait to be cancelled
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+def _parse_head(head: bytes) -> Request:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, f"malformed request line {lines[0][:100]!r}", "bad_request", close=True)
+    method, target, version = parts
+    path = target.split("?", 1)[0]
+    if "://" in path:  # absolute form
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    req = Request(method, path, version)
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise HttpError(400, f"malformed header line {line[:100]!r}", "bad_request", close=True)
+        name = name.lower()
+        value = value.strip()
+        if name in req.headers:
+            if name == "content-length" and req.headers[name] != value:
+                raise HttpError(400, "conflicting Content-Length headers", "bad_request", close=True)
+            value = req.headers[name] if name == "content-length" else f"{req.headers[name]}, {value}"
+        req.headers[name] = value
+    return req
+
+
+async def _read_body(conn: _Conn, req: Request) -> bytes:
+    """The body by Content-Length or chunked coding; 413 over ``MAX_BODY`` (the connection then closes)."""
+    coding = req.headers.get("transfer-encoding", "").lower()
+    if coding and coding != "chunked":
+        raise HttpError(501, f"Transfer-Encoding {coding!r} is not supported; expected chunked", close=True)
+    length = req.headers.get("content-length", "0" if not coding else "")
+    if not coding and not length.isdigit():
+        raise HttpError(400, f"Content-Length {length!r} is not a number", "bad_request", close=True)
+    if not coding and int(length) > MAX_BODY:
+        raise HttpError(
+            413, f"request body is {length} bytes; the limit is {MAX_BODY}", "body_too_large", close=True
+        )
+    if req.headers.get("expect", "").lower() == "100-continue":
+        await conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if not coding:
+        return await conn.read_exactly(int(length))
+    body = bytearray()
+    while True:
+        size_text = (await conn.read_line()).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HttpError(
+                400, f"malformed chunk size {size_text[:20]!r}", "bad_chunk", close=True
+            ) from None
+        if size == 0:
+            while await conn.read_line():  # trailers
+                pass
+            return bytes(body)
+        if len(body) + size > MAX_BODY:
+            raise HttpError(
+                413, f"request body is over the limit of {MAX_BODY} bytes", "body_too_large", close=True
+            )
+        body += await conn.read_exactly(size)
+        if await conn.read_exactly(2) != b"\r\n":
+            raise HttpError(400, "chunk data is not followed by CRLF", "bad_chunk", close=True)
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Server: mellum-lsp"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _send_json(conn: _Conn, status: int, obj: Any, keep: bool, extra: dict | None = None) -> None:
+    body = json.dumps(obj).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body)),
+               "Connection": "keep-alive" if keep else "close", **(extra or {})}  # fmt: skip
+    await conn.write(_head(status, headers) + body)
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
+
+# ---- the server ----------------------------------------------------------------------------------
+
+
+class HttpServer:
+    """Serves the OpenAI routes over one ``Dispatcher`` (its engine, scheduler and activity clock)."""
+
+    def __init__(self, dispatcher: Any, token: str | None = None) -> None:
+        self.d, self.token = dispatcher, token
+        self.routes = {
+            "/health": {"GET": self.health},
+            "/v1/models": {"GET": self.models},
+            "/v1/completions": {"POST": self.completions},
+            "/v1/chat/completions": {"POST": self.chat},
+        }
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(reader, writer)
+        self.d.connections += 1
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(conn.read_head(), IDLE_TIMEOUT)
+                    if head is None:
+                        break
+                    req = _parse_head(head)
+                    self.d.last_activity = time.monotonic()
+                    keep = await self.handle(conn, req)
+                except HttpError as e:
+                    await self.send_error(conn, e, keep=False)
+                    break
+                if not keep:
+                    break
+        except (ClientGone, ConnectionError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.d.connections -= 1
+            self.d.last_activity = time.monotonic()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def handle(self, conn: _Conn, req: Request) -> bool:
+        """Answer one request; whether the connection may carry another."""
+        has_body = "transfer-encoding" in req.headers or req.headers.get("content-length", "0") != "0"
+        try:
+            if self.token is not None and req.path.startswith("/v1/"):
+                self._authorize(req)
+            methods = self.routes.get(req.path)
+            if methods is None:
+                raise HttpError(
+                    404, f"no route {req.path}; expected one of {sorted(self.routes)}", "not_found"
+                )
+            handler = methods.get(req.method)
+            if handler is None:
+                allow = ", ".join(methods)
+                raise HttpError(405, f"{req.path} takes {allow}, not {req.method}", "method_not_allowed",
+                                headers={"Allow": allow})  # fmt: skip
+            if req.method == "POST":
+                req.body = await asyncio.wait_for(_read_body(conn, req), IDLE_TIMEOUT)
+                has_body = False
+            elif has_body:  # a body where none is expected: not worth reading
+                raise HttpError(400, f"{req.method} {req.path} takes no body", "bad_request")
+            return await handler(conn, req)
+        except HttpError as e:
+            keep = req.keep_alive and not e.close
+            if keep and has_body:  # refused before its body was read: skip a small one, else close
+                length = req.headers.get("content-length", "")
+                keep = "transfer-encoding" not in req.headers and length.isdigit() and int(length) <= MAX_HEAD
+                if keep:
+                    await asyncio.wait_for(conn.read_exactly(int(length)), IDLE_TIMEOUT)
+            await self.send_error(conn, e, keep=keep)
+            return keep
+
+    def _authorize(self, req: Request) -> None:
+        scheme, _, given = req.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            message = "missing or wrong bearer token; send Authorization: Bearer <token>"
+            raise HttpError(401, message, "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    # ---- answers ------------------------------------------------------------------------------
+    async def send_error(self, conn: _Conn, e: HttpError, keep: bool) -> None:
+        with contextlib.suppress(ConnectionError):
+            await _send_json(conn, e.status, e.body(), keep, e.headers)
+
+    def _model_id(self) -> str:
+        return self.d.engine.handshake().get("model_id") or "mellum"
+
+    async def health(self, conn: _Conn, req: Request) -> bool:
+        if self.d.stop.is_set():
+            raise HttpError(503, "the engine is shutting down", "unavailable")
+        await _send_json(conn, 200, {"status": "ok"}, req.keep_alive)
+        return req.keep_alive
+
+    async def models(self, conn: _Conn, req: Request) -> bool:
+        hs = self.d.engine.handshake()
+        model = {"id": hs.get("model_id") or "mellum", "object": "model", "created": int(time.time()),
+                 "owned_by": "mellum-lsp", "max_model_len": hs.get("context_length")}  # fmt: skip
+        await _send_json(conn, 200, {"object": "list", "data": [model]}, req.keep_alive)
+        return req.keep_alive
+
+    @staticmethod
+    def _json_body(req: Request) -> dict:
+        try:
+            body = json.loads(req.body)
+        except ValueError as e:
+            raise HttpError(400, f"the request body is not valid JSON: {e}", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise HttpError(
+                400, f"the request body must be a JSON object, got {type(body).__name__}", "invalid_json"
+            )
+        return body
+
+    async def completions(self, conn: _Conn, req: Request) -> bool:
+        body = self._json_body(req)
+        method, params = completion_request(body)
+        return await self._answer(conn, req, body, method, params, chat=False)
+
+    async def chat(self, conn: _Conn, req: Request) -> bool:
+        body = self._json_body(req)
+        method, params = chat_request(body)
+        return await self._answer(conn, req, body, method, params, chat=True)
+
+    async def _answer(
+        self, conn: _Conn, req: Request, body: dict, method: str, params: Any, chat: bool
+    ) -> bool:
+        answer = _Answer(conn, req, self._model_id(), chat, params.sampling, body)
+        loop = asyncio.get_running_loop()
+        job, queue = self.d.start_job(
+            method, params, answer.partial if params.sampling.stream else None, loop
+        )
+        watch = asyncio.ensure_future(conn.wait_closed())
+        try:
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    raise ClientGone
+                kind, payload = get.result()
+                if kind == "partial":
+                    await answer.partial(payload)
+                    continue
+                result, error = payload
+                break
+        except (asyncio.CancelledError, ClientGone, ConnectionError):
+            self.d.scheduler.cancel(job, "cancelled")
+            raise
+        finally:
+            watch.cancel()
+            self.d.last_activity = time.monotonic()
+        if error is not None:
+            return await answer.fail(_from_protocol(error))
+        return await answer.finish(result)
+
+
+class _Answer:
+    """One response to a completion: JSON, or SSE chunks once streaming has begun."""
+
+    def __init__(self, conn: _Conn, req: Request, model: str, chat: bool, sampling: Any, body: dict) -> None:
+        self.conn, self.req, self.model, self.chat = conn, req, model, chat
+        self.stream = sampling.stream
+        # Hold back what a stop string could still cut (the engine trims the text it has streamed).
+        self.holdback = max((len(s) for s in sampling.stop), default=1) - 1
+        options = body.get("stream_options")
+        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.got, self.sent, self.started = "", 0, False
+        self.chunked = req.version == "HTTP/1.1"  # HTTP/1.0 clients read the stream until close
+
+    def _frame(self, data: bytes, last: bool = False) -> bytes:
+        """``data`` as one chunk of the chunked body (and its end when ``last``)."""
+        if not self.chunked:
+            return data
+        chunk = f"{len(data):X}\r\n".encode() + data + b"\r\n" if data else b""
+        return chunk + (b"0\r\n\r\n" if last else b"")
+
+    def _chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict:
+        if self.chat:
+            delta = (
+                {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            )
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            kind = "text_completion"
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+
+    async def _start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                   "Connection": "keep-alive" if self.req.keep_alive else "close"}  # fmt: skip
+        if self.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        first = _sse(self._chunk(None, None, role=True)) if self.chat else b""
+        await self.conn.write(_head(200, headers) + self._frame(first))
+
+    async def partial(self, partial: dict) -> None:
+        self.got += partial.get("text", "")
+        upto = len(self.got) - self.holdback
+        if upto > self.sent:
+            await self._start()
+            await self.conn.write(self._frame(_sse(self._chunk(self.got[self.sent : upto], None))))
+            self.sent = upto
+
+    async def fail(self, e: HttpError) -> bool:
+        if not self.started:
+            await _send_json(self.conn, e.status, e.body(), self.req.keep_alive)
+            return self.req.keep_alive
+        await self.conn.write(self._frame(_sse(e.body()) + _sse(b"[DONE]"), last=True))
+        return self.req.keep_alive
+
+    async def finish(self, result: dict) -> bool:
+        text, finish, usage = result["text"], _finish_reason(result["stopped"]), _usage(result)
+        keep = self.req.keep_alive
+        if not self.stream:
+            if self.chat:
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+                kind = "chat.completion"
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                kind = "text_completion"
+            obj = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                   "choices": [choice], "usage": usage}  # fmt: skip
+            await _send_json(self.conn, 200, obj, keep)
+            return keep
+        await self._start()
+        sent_text = self.got[: self.sent]
+        rest = text[len(sent_text) :] if text.startswith(sent_text) else ""
+        out = _sse(self._chunk(rest, None)) if rest else b""
+        out += _sse(self._chunk(None, finish))
+        if self.include_usage:
+            out += _sse({"id": self.id, "object": self._chunk(None, None)["object"], "created": self.created,
+                         "model": self.model, "choices": [], "usage": usage})  # fmt: skip
+        await self.conn.write(self._frame(out + _sse(b"[DONE]"), last=True))
+        return keep
+
+
+async def start_http_server(
+    dispatcher: Any, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
+) -> asyncio.AbstractServer:
+    """Serve the OpenAI-compatible routes for ``dispatcher`` on host:port (port 0: any free port)."""
+    server = HttpServer(dispatcher, token=token or None)
+    return await asyncio.start_server(server.serve, host.strip("[]"), port)  # "[::1]" from --http
