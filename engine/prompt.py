@@ -6,7 +6,8 @@ is suffix-prefix-middle (spm), most stable part first so that typing only append
     <filename>{ctx path}\\n{ctx text} ...  <filename>{path}\\n  <fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>
 
 The model writes the middle and then ``<|endoftext|>``. Offers ``FimPieces`` (each part as token
-ids, so callers can cache them separately), ``fim_pieces`` and ``assemble``.
+ids, so callers can cache them separately), ``fim_pieces``, ``assemble`` and ``layout`` (the ids
+and the length of their stable part).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def fim_pieces(
 def assemble(tok: Tokenizer, pieces: FimPieces, max_tokens: int | None = None) -> list[int]:
     """The prompt ids; over ``max_tokens`` it drops context blocks (last first), then trims the
     suffix's tail and the prefix's head, keeping what is nearest the cursor."""
+    return layout(tok, pieces, max_tokens)[0]
+
+
+def layout(tok: Tokenizer, pieces: FimPieces, max_tokens: int | None = None) -> tuple[list[int], int]:
+    """``assemble``'s ids and the length of their stable part (the kept context blocks and the
+    file header), which the engine snapshots for reuse across documents."""
     f = tok.fim
     context = list(pieces.context)
     prefix, suffix = list(pieces.prefix), list(pieces.suffix)
@@ -57,8 +64,9 @@ def assemble(tok: Tokenizer, pieces: FimPieces, max_tokens: int | None = None) -
             suffix = suffix[:keep_suffix]
             prefix = prefix[len(prefix) - (room - keep_suffix) :] if room - keep_suffix > 0 else []
     ids = [t for block in context for t in block] + list(pieces.header)
+    stable = len(ids)
     if tok.template.order == "spm":
         ids += [f.suffix, *suffix, f.prefix, *prefix, f.middle]
     else:
         ids += [f.prefix, *prefix, f.suffix, *suffix, f.middle]
-    return ids
+    return ids, stable

@@ -24,7 +24,7 @@ import numpy as np
 from .backends.base import Backend, Sequence
 from .cache import PrefixStore
 from .generate import Sampler, SamplingParams, log_softmax
-from .prompt import FimPieces, assemble
+from .prompt import FimPieces, layout
 from .protocol import (
     PROTOCOL_VERSION,
     CompleteParams,
@@ -170,17 +170,9 @@ class Engine:
         header = (self.tok.fim.file, *self.tok.encode(f"{p.path}\n")) if p.path else ()
         suffix = self._texts.get_or(p.suffix, lambda: tuple(self.tok.encode(p.suffix)))
         prefix = tuple(self._prefix_ids(p.document, p.prefix))
-        pieces = FimPieces(context, header, suffix, prefix)
-        ids = assemble(self.tok, pieces, max_tokens=max(16, self.context_limit - reserve))
-        kept = 0
-        stable = len(header)
-        for block in context:  # assemble drops context from the end when over budget
-            if ids[kept : kept + len(block)] == list(block):
-                kept += len(block)
-                stable += len(block)
-            else:
-                break
-        return ids, stable
+        return layout(
+            self.tok, FimPieces(context, header, suffix, prefix), max(16, self.context_limit - reserve)
+        )
 
     def chat_ids(self, p: GenerateParams) -> list[int]:
         if p.prompt is not None:
