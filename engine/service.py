@@ -118,10 +118,11 @@ class Engine:
         self._chunks = _Lru(self.config.chunk_cache_entries)  # key -> (path, text, ids)
         self._doc_prefix: dict[str, tuple[str, list[int]]] = {}  # document -> (head text, head ids)
         self._texts = _Lru(64)  # suffix text -> ids
+        self._results = _Lru(256)  # greedy completion results by prompt
         self.lock = threading.Lock()  # guards the records below (read by stats on the event loop)
         self.records: deque[dict] = deque(maxlen=200)
         self.totals = {"requests": 0, "hits": 0, "prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0,
-                       "generated_tokens": 0, "typed_ahead": 0, "cancelled": 0, "superseded": 0}  # fmt: skip
+                       "generated_tokens": 0, "typed_ahead": 0, "result_cache": 0, "cancelled": 0, "superseded": 0}  # fmt: skip
         self.spec_totals = SpecStats()
         self.started = time.time()
 
@@ -205,6 +206,19 @@ class Engine:
             ids, stable = self.fim_ids(p, reserve=sampling.max_tokens)
         if not ids:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{job.method}: the prompt is empty")
+        # Greedy completions are a function of the prompt: an undo or a backspace back to a state
+        # seen before is answered from the recent results without model work.
+        result_key = None
+        if job.method == "complete" and sampling.temperature == 0:
+            result_key = (hash(tuple(ids)), len(ids), sampling.max_tokens, sampling.stop)
+            cached = self._results.get(result_key)
+            if cached is not None:
+                self._results.move_to_end(result_key)
+                with self.lock:
+                    self.totals["result_cache"] += 1
+                total_ms = (time.monotonic() - t0) * 1e3
+                return cached | {"served": "result_cache", "timing": {"queue_ms": queue_ms, "prefill_ms": 0.0,
+                                 "first_token_ms": total_ms, "total_ms": total_ms}}  # fmt: skip
         reuse = self.store.acquire(ids, job.document)
         seq = reuse.seq
         snapshot = False
@@ -265,7 +279,7 @@ class Engine:
         if job.method == "prefill":
             return {"prompt_tokens": len(ids), "reused_tokens": reuse.reused, "computed_tokens": computed,
                     "stopped": stopped, "timing": {"total_ms": total_ms}}  # fmt: skip
-        return {
+        out = {
             "text": text,
             "tokens": len(tokens),
             "stopped": stopped,
@@ -284,6 +298,9 @@ class Engine:
             },  # fmt: skip
             "spec": {"drafted": spec.drafted, "accepted": spec.accepted},
         }
+        if result_key is not None and stopped in ("stop", "length"):
+            self._results.get_or(result_key, lambda: out)
+        return out
 
     def _decode(self, job: Job, seq: Sequence, logits: np.ndarray, s: Sampling, t0: float):
         """Generate after ``seq``; returns (text, tokens, stopped, first_token_ms, spec stats)."""
