@@ -83,8 +83,7 @@ class Scheduler:
             return False
         rest = last.text[len(typed) :]
         self._last[job.document] = LastSuggestion(p.prefix, p.suffix, last.context, rest)
-        with self.engine.lock:
-            self.engine.totals["typed_ahead"] += 1
+        self._count("typed_ahead")
         job.finish({"text": rest, "tokens": 0, "stopped": "typed_ahead", "served": "typed_ahead",
                     "timing": {"queue_ms": 0.0, "prefill_ms": 0.0, "first_token_ms": 0.0, "total_ms": 0.0},
                     "cache": {"prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0, "source": "suggestion"},
@@ -109,11 +108,16 @@ class Scheduler:
             run.followers.append((job, typed))
         return True
 
+    def _count(self, what: str, n: int = 1) -> None:
+        with self.engine.lock:
+            self.engine.totals[what] = self.engine.totals.get(what, 0) + n
+
     def _supersede(self, document: str) -> None:
         with self._cv:
             for queue in (self._interactive, self._background):
                 for j in [j for j in queue if j.document == document]:
                     queue.remove(j)
+                    self._count("superseded")
                     self._fail(j, ErrorCode.SUPERSEDED, "superseded by a newer request for the same document")
             run = self.running
             if run is not None and run.document == document:
@@ -124,6 +128,7 @@ class Scheduler:
             for queue in (self._interactive, self._background):
                 if job in queue:
                     queue.remove(job)
+                    self._count("cancelled")
                     self._fail(job, ErrorCode.CANCELLED, f"request {reason}")
                     return True
         if not job.finished:
@@ -137,6 +142,7 @@ class Scheduler:
             for queue in (self._interactive, self._background):
                 for j in [j for j in queue if j.document == document]:
                     queue.remove(j)
+                    self._count("cancelled")
                     self._fail(j, ErrorCode.CANCELLED, "request cancelled")
                     n += 1
         run = self.running
