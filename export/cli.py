@@ -127,7 +127,9 @@ def run(a: argparse.Namespace, progress: Progress) -> dict:
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stay on the final folder)
     try:
-        report: dict = {"options": vars(a), "graphs": {}}
+        # Not --out: the report lives there, and the folder's bytes must not depend on where it was
+        # written (the embedded model is built in a temporary folder and committed).
+        report: dict = {"options": {k: v for k, v in vars(a).items() if k != "out"}, "graphs": {}}
         graphs = [("decoder", export_decoder, "model.onnx")]
         if model.mtp is not None:
             graphs.append(("mtp", export_mtp, "mtp.onnx"))

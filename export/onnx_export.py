@@ -19,6 +19,12 @@ cache buffer after the step, so a past buffer may be longer than the valid rows 
 the present output); sliding layers subtract ``sliding_cache_start``, the position held in row 0
 of their buffers, so a runtime can pass them a window instead of the whole sequence. Rotary uses
 the absolute ``position_ids``. Keys are cached after rotary.
+
+Weights on disk: each graph is self-contained (``mtp.onnx`` holds its own copy of the embedding and
+lm_head it reads, so either file loads alone, in onnxruntime-genai too); a tied embedding and
+lm_head are one tensor within a graph. The rotary cos/sin caches are not stored but computed from
+the frequencies by constant nodes, which ONNX Runtime folds when it loads the session (the
+``--portable`` graphs keep them stored, for runtimes that would recompute them on every run).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from torch import nn
 
 from engine.model.config import MellumConfig
 from engine.model.mellum import Mellum
+from engine.model.rope import inv_freq_and_scale
 
 from . import ops
 
@@ -358,6 +365,80 @@ def _keep_last_logits(graph: ir.Graph, hidden_name: str) -> None:
     head.replace_input_with(0, kept)
 
 
+def _rotary_in_graph(graph: ir.Graph, config: MellumConfig) -> None:
+    """Replace the stored cos/sin caches by the few nodes that compute them from the frequencies.
+
+    The caches are (max_positions, head_dim/2) per layer type -- 4 x 3 MB for a 32k context, more
+    than a small model's weights -- and are functions of a handful of numbers. The nodes read only
+    constants, so ONNX Runtime folds them back into the same tables when it loads the session
+    (constant folding runs at every optimisation level but ORT_DISABLE_ALL) and the kernels see
+    constant caches as before. Computed as ``RotaryTables.table`` does: fp32 position * inv_freq,
+    cos/sin, times the attention factor, cast to the model's dtype.
+    """
+    tape = ir.tape.Tape()
+    replaced = []
+    for t, rope in sorted(config.rope.items()):
+        names = {f"{fn}_{t}": fn for fn in ("cos", "sin")}
+        present = {n: graph.initializers[n] for n in names if n in graph.initializers}
+        if not present:
+            continue
+        inv_freq, scale = inv_freq_and_scale(rope, config.head_dim, config.max_position_embeddings)
+        first = next(iter(present.values()))
+        n, half = first.shape[0], first.shape[1]
+        if half != inv_freq.numel():
+            raise RuntimeError(f"{first.name}: width {half}, expected {inv_freq.numel()} frequencies")
+        positions = tape.op(
+            "Cast",
+            [
+                tape.op(
+                    "Range",
+                    [
+                        tape.initializer(ir.tensor(np.array(0, np.int64), name=f"rotary_{t}_start")),
+                        tape.initializer(ir.tensor(np.array(n, np.int64), name=f"rotary_{t}_positions")),
+                        tape.initializer(ir.tensor(np.array(1, np.int64), name=f"rotary_{t}_step")),
+                    ],
+                )
+            ],
+            attributes={"to": ir.DataType.FLOAT},
+        )
+        freqs = tape.op(
+            "Mul",
+            [
+                tape.op(
+                    "Unsqueeze",
+                    [
+                        positions,
+                        tape.initializer(ir.tensor(np.array([1], np.int64), name=f"rotary_{t}_axis")),
+                    ],
+                ),
+                tape.initializer(ir.tensor(inv_freq.numpy().astype(np.float32), name=f"rotary_{t}_inv_freq")),
+            ],
+        )  # (n, half)
+        factor = (
+            tape.initializer(ir.tensor(np.array(scale, np.float32), name=f"rotary_{t}_scale"))
+            if scale != 1.0
+            else None
+        )
+        for name, old in present.items():
+            table = tape.op("Cos" if names[name] == "cos" else "Sin", [freqs])
+            if factor is not None:
+                table = tape.op("Mul", [table, factor])
+            if old.const_value.dtype != ir.DataType.FLOAT:
+                table = tape.op("Cast", [table], attributes={"to": old.const_value.dtype})
+            table.shape, table.type = ir.Shape([n, half]), ir.TensorType(old.const_value.dtype)
+            replaced.append((old, table))
+    if not replaced:
+        return
+    for init in tape.initializers:
+        graph.register_initializer(init)
+    graph.insert_before(next(iter(graph)), tape.nodes)
+    for old, table in replaced:
+        ir.convenience.replace_all_uses_with(old, table)
+        name = old.name
+        del graph.initializers[name]
+        table.name = name
+
+
 def _finalise(graph_model: ir.Model, options: ExportOptions, config: MellumConfig, kind: str) -> None:
     graph = graph_model.graph
     graph_model.ir_version = 10  # onnx 1.23 writes 14; ORT 1.31 reads at most 13 (1.32 reads 14)
@@ -375,6 +456,8 @@ def _finalise(graph_model: ir.Model, options: ExportOptions, config: MellumConfi
     elif start is not None:  # no sliding layer, or the portable lowering (it reads lengths from shapes)
         graph.inputs.remove(start)
     _keep_last_logits(graph, "hidden_states" if kind == "decoder" else "hidden_states_out")
+    if not options.portable:  # a runtime without ORT's constant folding would recompute them per run
+        _rotary_in_graph(graph, config)
     for v in graph.outputs:
         if v.name.startswith("present.") and v.shape is not None:
             layer = int(v.name.split(".")[1])

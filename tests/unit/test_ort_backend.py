@@ -143,6 +143,27 @@ def test_runtime_imports_and_runs_without_torch(exports):
     assert p.stdout.strip() == "OrtBackend"
 
 
+def test_tied_int8_export_prefills_decodes_rolls_back_and_drafts(exports, checkpoints):
+    """The embedded model's layout: a quantised embedding sharing the lm_head's blocks, computed rotary."""
+    tied = dict(tie_word_embeddings=True)
+    ort_b = OrtBackend.load(exports("tied", "--quant", "int8", **tied))
+    torch_b = TorchBackend(load_model(checkpoints("tied", **tied)))
+    so, st = ort_b.new_sequence(margin=4), torch_b.new_sequence(margin=4)
+    ids = _ids(60, seed=6)
+    a, b = ort_b.forward(so, ids, 0), torch_b.forward(st, ids, 0)
+    agree = list(a.argmax(-1) == b.argmax(-1))
+    for t in _ids(30, seed=7):  # far past the window of 8
+        x, y = ort_b.forward(so, [t]), torch_b.forward(st, [t])
+        agree.append(x.argmax() == y.argmax())
+    assert np.mean(agree) >= 0.8, np.mean(agree)  # int8 on a random model; the real one agrees >99 %
+    drafts = ort_b.draft(so, 5, 3)
+    assert len(drafts) == 3 and all(0 <= d < ort_b.config.vocab_size for d in drafts)
+    n = len(so.ids)
+    before = ort_b.forward(so, [9, 10, 11], 3)
+    ort_b.truncate(so, n)
+    np.testing.assert_allclose(ort_b.forward(so, [9, 10, 11], 3), before, atol=1e-5)
+
+
 @pytest.mark.parametrize("margin", [4, 40])
 def test_random_appends_and_rollbacks_match_torch(pair, margin):
     """Chunks, single tokens and rollbacks (to the oldest servable length, too) in a seeded random order."""
