@@ -35,9 +35,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     backend = load_backend(model_dir, a.backend, dtype=a.dtype, threads=a.threads)
     tokenizer = None
     if a.prompt is not None or not a.json:
-        from .tokenizer import Tokenizer
+        from .tokenizer import Tokenizer, validate_against_vocab
 
         tokenizer = Tokenizer.from_folder(model_dir)
+        validate_against_vocab(tokenizer, backend.config.vocab_size)
     if a.prompt_ids is not None:
         prompt = a.prompt_ids
     else:

@@ -36,7 +36,7 @@ from .protocol import (
     Sampling,
 )
 from .speculative import SpecConfig, SpecStats, greedy_decode
-from .tokenizer import IncrementalDecoder, Tokenizer
+from .tokenizer import IncrementalDecoder, Tokenizer, validate_against_vocab
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class EngineConfig:
     max_context: int | None = None  # default: the model's max_position_embeddings
     snapshot_min_tokens: int = 128  # snapshot the stable part when it is at least this long
     chunk_cache_entries: int = 4096
+    result_cache_entries: int = 256  # recent greedy results by prompt (0: off)
 
 
 @dataclass
@@ -111,6 +112,7 @@ def line_cut(text: str) -> int:
 
 class Engine:
     def __init__(self, backend: Backend, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
+        validate_against_vocab(tokenizer, backend.config.vocab_size)
         self.backend, self.tok = backend, tokenizer
         self.config = config or EngineConfig()
         self.store = PrefixStore(backend, int(self.config.cache_mb * 2**20), self.config.margin)
@@ -118,7 +120,7 @@ class Engine:
         self._chunks = _Lru(self.config.chunk_cache_entries)  # key -> (path, text, ids)
         self._doc_prefix: dict[str, tuple[str, list[int]]] = {}  # document -> (head text, head ids)
         self._texts = _Lru(64)  # suffix text -> ids
-        self._results = _Lru(256)  # greedy completion results by prompt
+        self._results = _Lru(self.config.result_cache_entries)  # greedy completion results by prompt
         self.lock = threading.Lock()  # guards the records below (read by stats on the event loop)
         self.records: deque[dict] = deque(maxlen=200)
         self.totals = {"requests": 0, "hits": 0, "prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0,
@@ -209,7 +211,7 @@ class Engine:
         # Greedy completions are a function of the prompt: an undo or a backspace back to a state
         # seen before is answered from the recent results without model work.
         result_key = None
-        if job.method == "complete" and sampling.temperature == 0:
+        if job.method == "complete" and sampling.temperature == 0 and self.config.result_cache_entries:
             result_key = (hash(tuple(ids)), len(ids), sampling.max_tokens, sampling.stop)
             cached = self._results.get(result_key)
             if cached is not None:

@@ -75,8 +75,7 @@ def test_cached_completions_equal_a_fresh_engine_after_random_edits(backend, tok
         ContextChunk("pkg/util.py", SOURCE[3000:3800]),
         ContextChunk("pkg/other.py", SOURCE[5000:5400]),
     ]
-    cached = make_engine(backend, tok)
-    cached._results.size = 0  # compare model work, not remembered results
+    cached = make_engine(backend, tok, result_cache_entries=0)  # compare model work, not remembered results
     reused = 0
     for i, (prefix, suffix) in enumerate(edits(text, seed=1, n=16)):
         params = fim(prefix, suffix, context)

@@ -66,7 +66,9 @@ class Served:
         from engine.tokenizer import Tokenizer
 
         self.tok = Tokenizer.from_folder(model_dir)
-        self.engine = Engine(load_backend(model_dir, "torch", threads=1), self.tok, EngineConfig(cache_mb=16))
+        # no result cache: these tests compare what the model streams with what it returns
+        config = EngineConfig(cache_mb=16, result_cache_entries=0)
+        self.engine = Engine(load_backend(model_dir, "torch", threads=1), self.tok, config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
