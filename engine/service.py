@@ -11,6 +11,7 @@ as the document's tip. Offers ``EngineConfig``, ``Job``, ``Engine``.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import threading
 import time
@@ -24,6 +25,7 @@ import numpy as np
 from .backends.base import Backend, Sequence
 from .cache import PrefixStore
 from .generate import Sampler, SamplingParams, log_softmax
+from .healing import TokenHealer
 from .prompt import FimPieces, layout
 from .protocol import (
     PROTOCOL_VERSION,
@@ -36,7 +38,7 @@ from .protocol import (
     Sampling,
 )
 from .speculative import SpecConfig, SpecStats, greedy_decode
-from .tokenizer import IncrementalDecoder, Tokenizer, validate_against_vocab
+from .tokenizer import Tokenizer, validate_against_vocab
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class EngineConfig:
     snapshot_min_tokens: int = 128  # snapshot the stable part when it is at least this long
     chunk_cache_entries: int = 4096
     result_cache_entries: int = 256  # recent greedy results by prompt (0: off)
+    token_healing: bool = True  # re-choose the token the cursor cut through (engine/healing.py)
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Engine:
     def __init__(self, backend: Backend, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
         validate_against_vocab(tokenizer, backend.config.vocab_size)
         self.backend, self.tok = backend, tokenizer
+        self.healer = TokenHealer(tokenizer)
         self.config = config or EngineConfig()
         self.store = PrefixStore(backend, int(self.config.cache_mb * 2**20), self.config.margin)
         self.context_limit = self.config.max_context or backend.config.max_position_embeddings
@@ -167,15 +171,21 @@ class Engine:
                 self._doc_prefix[document] = (head, head_ids)
         return head_ids + self.tok.encode(prefix[cut:])
 
-    def fim_ids(self, p: CompleteParams | PrefillParams, reserve: int) -> tuple[list[int], int]:
-        """(prompt ids, length of its stable part: context chunks and file header)."""
+    def fim_ids(
+        self, p: CompleteParams | PrefillParams, reserve: int, heal: bool = False
+    ) -> tuple[list[int], int, bytes]:
+        """(prompt ids, length of its stable part — context chunks and file header —, and the
+        bytes token healing dropped from the end of the prefix)."""
         context = tuple(self.remember_chunk(c) for c in p.context)
         header = (self.tok.fim.file, *self.tok.encode(f"{p.path}\n")) if p.path else ()
         suffix = self._texts.get_or(p.suffix, lambda: tuple(self.tok.encode(p.suffix)))
-        prefix = tuple(self._prefix_ids(p.document, p.prefix))
-        return layout(
-            self.tok, FimPieces(context, header, suffix, prefix), max(16, self.context_limit - reserve)
-        )
+        prefix = self._prefix_ids(p.document, p.prefix)
+        dropped = b""
+        if heal:
+            prefix, dropped = self.healer.heal(prefix)
+        pieces = FimPieces(context, header, suffix, tuple(prefix))
+        ids, stable = layout(self.tok, pieces, max(16, self.context_limit - reserve))
+        return ids, stable, dropped
 
     def chat_ids(self, p: GenerateParams) -> list[int]:
         if p.prompt is not None:
@@ -200,19 +210,21 @@ class Engine:
         queue_ms = (t0 - job.created) * 1e3
         p = job.params
         sampling = getattr(p, "sampling", Sampling(max_tokens=0))
+        dropped = b""
         if job.method == "generate":
             ids, stable = self.chat_ids(p), 0
             if len(ids) + sampling.max_tokens > self.context_limit:
                 ids = ids[-(self.context_limit - sampling.max_tokens) :]
         else:
-            ids, stable = self.fim_ids(p, reserve=sampling.max_tokens)
+            heal = job.method == "complete" and self.config.token_healing
+            ids, stable, dropped = self.fim_ids(p, reserve=sampling.max_tokens, heal=heal)
         if not ids:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{job.method}: the prompt is empty")
         # Greedy completions are a function of the prompt: an undo or a backspace back to a state
         # seen before is answered from the recent results without model work.
         result_key = None
         if job.method == "complete" and sampling.temperature == 0 and self.config.result_cache_entries:
-            result_key = (hash(tuple(ids)), len(ids), sampling.max_tokens, sampling.stop)
+            result_key = (hash(tuple(ids)), len(ids), dropped, sampling.max_tokens, sampling.stop)
             cached = self._results.get(result_key)
             if cached is not None:
                 self._results.move_to_end(result_key)
@@ -245,7 +257,10 @@ class Engine:
                         SpecStats(),
                     )
                 else:
-                    text, tokens, stopped, first_ms, spec = self._decode(job, seq, logits, sampling, t0)
+                    logits = self.healer.mask(logits, dropped)
+                    text, tokens, stopped, first_ms, spec = self._decode(
+                        job, seq, logits, sampling, t0, dropped
+                    )
                 result["timing_prefill_ms"] = prefill_ms
         finally:
             self.store.park(seq, job.document)
@@ -304,9 +319,15 @@ class Engine:
             self._results.get_or(result_key, lambda: out)
         return out
 
-    def _decode(self, job: Job, seq: Sequence, logits: np.ndarray, s: Sampling, t0: float):
-        """Generate after ``seq``; returns (text, tokens, stopped, first_token_ms, spec stats)."""
-        decoder = IncrementalDecoder(self.tok)
+    def _decode(
+        self, job: Job, seq: Sequence, logits: np.ndarray, s: Sampling, t0: float, dropped: bytes = b""
+    ):
+        """Generate after ``seq``; returns (text, tokens, stopped, first_token_ms, spec stats).
+
+        ``dropped``: bytes token healing removed from the prompt; the first token starts with
+        them and they are not part of the text."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        skip = [dropped]
         eos = set(self.tok.eos_ids)
         tokens: list[int] = []
         first_ms: list[float] = []
@@ -320,7 +341,10 @@ class Engine:
                     state["stop"] = True
                     break
                 tokens.append(t)
-                piece = decoder.push(t)
+                raw = self.healer.token_bytes(t)
+                if skip[0]:
+                    raw, skip[0] = raw[len(skip[0]) :], b""
+                piece = decoder.decode(raw)
                 if not piece:
                     continue
                 before = state["text"]
@@ -363,7 +387,7 @@ class Engine:
         if stopped == "length" and state["stop"]:
             stopped = "stop"
         if not state["stop"] and stopped not in ("cancelled", "superseded"):
-            tail = decoder.flush()
+            tail = decoder.decode(b"", final=True)
             if tail:
                 state["text"] += tail
                 if s.stream:

@@ -6,9 +6,10 @@ Reports:
 - held-out next-token loss and perplexity on 1024-token windows (and on 4096-token windows, to
   show how it holds beyond the 1024-token training length);
 - single-line FIM exact match: the cursor inside a line (after its indentation), the rest of the
-  file as suffix, the prompt in the model's own layout capped at ``--fim-context`` tokens; the
-  expected middle is the rest of that line, the model's answer its greedy text up to the first
-  newline or end of text (both with trailing whitespace stripped);
+  file as suffix, through the engine's completion path (its prompt layout capped at
+  ``--fim-context`` tokens, token healing on and off); the expected middle is the rest of that
+  line, the model's answer its greedy text up to the first newline or end of text (both with
+  trailing whitespace stripped);
 - MTP draft acceptance under greedy decoding (one MTP draft per step, prompt lookup off);
 - decode speed, tokens/s.
 """
@@ -29,9 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.backends import load_backend  # noqa: E402
 from engine.generate import log_softmax  # noqa: E402
-from engine.prompt import FimPieces, assemble  # noqa: E402
+from engine.protocol import CompleteParams, Sampling  # noqa: E402
+from engine.service import (  # noqa: E402
+    Engine,
+    EngineConfig,  # noqa: E402
+    Job,
+)
 from engine.speculative import NO_SPECULATION, SpecConfig, greedy_decode  # noqa: E402
-from engine.tokenizer import IncrementalDecoder, Tokenizer  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
 
 
 def heldout_texts(manifest: Path) -> list[tuple[str, str]]:
@@ -82,43 +88,26 @@ def fim_cases(docs, n: int, seed: int) -> list[tuple[str, str, str, str]]:
     return cases
 
 
-def complete_line(backend, tok: Tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, int]:
-    seq = backend.new_sequence()
-    logits = backend.forward(seq, prompt, logits_to_keep=1)[-1]
-    decoder = IncrementalDecoder(tok)
-    eos = set(tok.eos_ids)
-    text = {"s": ""}
-
-    def on_tokens(new):
-        for t in new:
-            if t in eos:
-                return True
-            text["s"] += decoder.push(t)
-            if "\n" in text["s"]:
-                return True
-        return False
-
-    ids, _, _ = greedy_decode(backend, seq, logits, max_tokens, SpecConfig(), on_tokens)
-    return text["s"].split("\n", 1)[0], len(ids)
-
-
-def fim_exact_match(backend, tok, cases, context: int, max_tokens: int) -> dict:
+def fim_exact_match(engine: Engine, cases, context: int, max_tokens: int) -> dict:
+    """Through the engine's own completion path (prompt layout, token healing, speculation)."""
     hits, lengths, t0 = 0, [], time.perf_counter()
     examples = []
-    for path, prefix, middle, suffix in cases:
-        pieces = FimPieces(
-            (), (tok.fim.file, *tok.encode(f"{path}\n")), tuple(tok.encode(suffix)), tuple(tok.encode(prefix))
+    for i, (path, prefix, middle, suffix) in enumerate(cases):
+        params = CompleteParams(
+            prefix, suffix, (), path, f"case{i}", Sampling(max_tokens=max_tokens, stop=("\n",))
         )
-        prompt = assemble(tok, pieces, max_tokens=context)
-        got, _ = complete_line(backend, tok, prompt, max_tokens)
+        job = Job(
+            i, "complete", params, emit=lambda p: None, finish=lambda r, e: None, document=params.document
+        )
+        got = engine.execute(job)["text"]
         ok = got.rstrip() == middle.rstrip()
         hits += ok
         lengths.append(len(middle))
         if len(examples) < 8:
             examples.append({"prefix_tail": prefix[-40:], "expected": middle, "got": got, "match": ok})
     return {"cases": len(cases), "exact_match": hits / len(cases), "hits": hits, "context_tokens": context,
-            "mean_middle_chars": statistics.mean(lengths), "seconds": time.perf_counter() - t0,
-            "examples": examples}  # fmt: skip
+            "token_healing": engine.config.token_healing, "mean_middle_chars": statistics.mean(lengths),
+            "seconds": time.perf_counter() - t0, "examples": examples}  # fmt: skip
 
 
 def mtp_acceptance(backend, tok, docs, prompts: int, new_tokens: int, seed: int) -> dict:
@@ -172,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     out["perplexity_1024"] = perplexity(backend, tok, docs, 1024, a.max_windows)
     out["perplexity_4096"] = perplexity(backend, tok, docs, 4096, max(4, a.max_windows // 4))
     print("single-line FIM ...", file=sys.stderr)
-    out["fim_single_line"] = fim_exact_match(
-        backend, tok, fim_cases(docs, a.fim_cases, a.seed), a.fim_context, 48
-    )
+    cases = fim_cases(docs, a.fim_cases, a.seed)
+    for heal in (True, False):
+        engine = Engine(
+            backend, tok, EngineConfig(cache_mb=64, max_context=a.fim_context, token_healing=heal)
+        )
+        key = "fim_single_line" if heal else "fim_single_line_no_healing"
+        out[key] = fim_exact_match(engine, cases, a.fim_context, 48)
     print("MTP acceptance ...", file=sys.stderr)
     out["mtp"] = mtp_acceptance(backend, tok, docs, 24, 64, a.seed)
     if a.json:
@@ -183,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         p1, p4, f, m = out["perplexity_1024"], out["perplexity_4096"], out["fim_single_line"], out["mtp"]
         print(f"held-out loss {p1['loss']:.3f} (ppl {p1['perplexity']:.2f}) on {p1['tokens']} tokens in 1024-windows;"
               f" {p4['loss']:.3f} (ppl {p4['perplexity']:.2f}) in 4096-windows")  # fmt: skip
-        print(f"single-line FIM exact match {f['exact_match']:.1%} ({f['hits']}/{f['cases']})")
+        g = out["fim_single_line_no_healing"]
+        print(f"single-line FIM exact match {f['exact_match']:.1%} ({f['hits']}/{f['cases']}); "
+              f"without token healing {g['exact_match']:.1%}")  # fmt: skip
         if m.get("available"):
             print(f"MTP acceptance {m['acceptance']:.1%}; decode {m['mtp_tok_s']:.0f} tok/s with MTP, "
                   f"{m['plain_tok_s']:.0f} without; identical {m['identical_outputs']}")  # fmt: skip
