@@ -237,6 +237,7 @@ class Engine:
         seq = reuse.seq
         snapshot = False
         result: dict[str, Any] = {}
+        t_prefill = time.monotonic()
         try:
             if stable >= self.config.snapshot_min_tokens and len(seq.ids) < stable:
                 if self._prefill(job, seq, ids, stable) is not None:
@@ -245,7 +246,6 @@ class Engine:
                 self._prefill(job, seq, ids, len(ids))
                 text, tokens, stopped, first_ms, spec = "", [], job.should_stop() or "done", None, SpecStats()
             else:
-                t_prefill = time.monotonic()
                 logits = self._prefill(job, seq, ids, len(ids))
                 prefill_ms = (time.monotonic() - t_prefill) * 1e3
                 if logits is None:

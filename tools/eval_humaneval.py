@@ -4,8 +4,9 @@ engine serves.
     python tools/eval_humaneval.py --model DIR --data ../shared/benchmarks/human-eval-infilling \
         --benchmark single-line [--limit N] [--json]
 
-Each task's middle is generated greedily in the model's FIM layout (single-line: up to the first
-newline; multi-line and random-span: up to end of text or ``--max-tokens``), inserted between
+Each task's middle is generated greedily through the engine's completion path (its FIM layout,
+token healing; single-line: up to the first newline; multi-line and random-span: up to end of
+text or ``--max-tokens``), inserted between
 prompt and suffix, and the task's tests run with ``check(entry_point)`` in a sandboxed
 subprocess: a fresh temporary directory, ``python -I`` (isolated mode), an empty environment,
 CPU-time and memory limits, and a wall-clock timeout. Exact match compares whitespace-trimmed
@@ -28,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.backends import load_backend  # noqa: E402
-from engine.prompt import FimPieces, assemble  # noqa: E402
-from engine.speculative import SpecConfig, greedy_decode  # noqa: E402
-from engine.tokenizer import IncrementalDecoder, Tokenizer  # noqa: E402
+from engine.protocol import CompleteParams, Sampling  # noqa: E402
+from engine.service import Engine, EngineConfig, Job  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
 
 FILES = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -64,39 +65,23 @@ def run_tests(program: str, timeout: float = 15.0) -> bool:
 
 
 def generate_middle(
-    backend, tok: Tokenizer, prefix: str, suffix: str, single_line: bool, max_tokens: int
+    engine: Engine, prefix: str, suffix: str, single_line: bool, max_tokens: int, i: int
 ) -> str:
-    pieces = FimPieces(
-        (), (tok.fim.file, *tok.encode("solution.py\n")), tuple(tok.encode(suffix)), tuple(tok.encode(prefix))
+    """The engine's own completion path: prompt layout, token healing, speculation."""
+    stop = ("\n",) if single_line else ()
+    params = CompleteParams(
+        prefix, suffix, (), "solution.py", f"task{i}", Sampling(max_tokens=max_tokens, stop=stop)
     )
-    prompt = assemble(tok, pieces, max_tokens=backend.config.max_position_embeddings - max_tokens)
-    seq = backend.new_sequence()
-    logits = backend.forward(seq, prompt, logits_to_keep=1)[-1]
-    decoder = IncrementalDecoder(tok)
-    eos = set(tok.eos_ids)
-    text = {"s": ""}
-
-    def on_tokens(new):
-        for t in new:
-            if t in eos:
-                return True
-            text["s"] += decoder.push(t)
-            if single_line and "\n" in text["s"]:
-                return True
-        return False
-
-    greedy_decode(backend, seq, logits, max_tokens, SpecConfig(), on_tokens)
-    out = text["s"]
-    if single_line:
-        out = out.split("\n", 1)[0] + "\n"
-    return out
+    job = Job(i, "complete", params, emit=lambda p: None, finish=lambda r, e: None, document=params.document)
+    out = engine.execute(job)["text"]
+    return out + "\n" if single_line else out
 
 
-def evaluate(backend, tok, tasks: list[dict], single_line: bool, max_tokens: int) -> dict:
+def evaluate(engine: Engine, tasks: list[dict], single_line: bool, max_tokens: int) -> dict:
     passed = exact = 0
     t0 = time.perf_counter()
-    for task in tasks:
-        middle = generate_middle(backend, tok, task["prompt"], task["suffix"], single_line, max_tokens)
+    for i, task in enumerate(tasks):
+        middle = generate_middle(engine, task["prompt"], task["suffix"], single_line, max_tokens, i)
         exact += middle.strip() == task["canonical_solution"].strip()
         program = (
             task["prompt"]
@@ -136,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"tasks": len(tasks), "canonical_pass": ok / len(tasks)}
     else:
         backend = load_backend(a.model, a.backend)
-        tok = Tokenizer.from_folder(a.model)
-        result = evaluate(backend, tok, tasks, a.benchmark == "single-line", a.max_tokens)
+        engine = Engine(backend, Tokenizer.from_folder(a.model), EngineConfig(cache_mb=64))
+        result = evaluate(engine, tasks, a.benchmark == "single-line", a.max_tokens)
         result |= {"benchmark": a.benchmark, "model": a.model, "backend": backend.name}
     print(json.dumps(result, indent=2) if a.json else result)
     return 0
