@@ -9,6 +9,7 @@ clearly when the server is away. The last test runs ``python -m engine serve --r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import importlib.util
 import json
@@ -183,10 +184,10 @@ def test_fim_completion_uses_the_fim_layout_with_repository_context(served):
     status, _, raw = request(served.port, "POST", "/v1/completions", body)
     out = json.loads(raw)
     assert status == 200 and out["object"] == "text_completion"
-    want_ids = assemble(
-        served.tok,
-        fim_pieces(served.tok, PREFIX, SUFFIX, [("geo/consts.py", "PI = 3.14159\n")], "geo/area.py"),
-    )
+    pieces = fim_pieces(served.tok, PREFIX, SUFFIX, [("geo/consts.py", "PI = 3.14159\n")], "geo/area.py")
+    # token healing takes the prefix's last token out of the prompt (engine/healing.py)
+    healed = dataclasses.replace(pieces, prefix=pieces.prefix[:-1])
+    want_ids = assemble(served.tok, healed)
     assert served.engine.records[-1]["method"] == "complete"
     assert out["usage"]["prompt_tokens"] == len(want_ids)
     assert out["usage"]["completion_tokens"] == 12 and out["choices"][0]["finish_reason"] == "length"
