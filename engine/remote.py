@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .protocol import PROTOCOL_VERSION, CompleteParams, ErrorCode, PrefillParams, ProtocolError, Sampling
+from .service import account, request_record
 
 FILE_TOKEN = "<filename>"
 MAX_EVENT_LINE = 16 * 2**20
@@ -341,32 +342,12 @@ class RemoteEngine:
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         reused = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         tokens = int(usage.get("completion_tokens") or pieces)  # a piece per token when not told
-        record = {
-            "id": job.id,
-            "method": job.method,
-            "document": job.document,
-            "prompt_tokens": prompt_tokens,
-            "reused_tokens": reused,
-            "computed_tokens": prompt_tokens - reused,
-            "cache_source": "remote",
-            "snapshot": False,
-            "generated_tokens": tokens,
-            "stopped": stopped,
-            "queue_ms": round(queue_ms, 3),
-            "total_ms": round(total_ms, 3),
-            "first_token_ms": None if first_ms is None else round(first_ms, 3),
-        }
-        with self.lock:
-            self.records.append(record)
-            t = self.totals
-            t["requests"] += 1
-            t["hits"] += reused > 0
-            t["prompt_tokens"] += prompt_tokens
-            t["reused_tokens"] += reused
-            t["computed_tokens"] += prompt_tokens - reused
-            t["generated_tokens"] += tokens
-            t["cancelled"] += stopped == "cancelled"
-            t["superseded"] += stopped == "superseded"
+        account(
+            self,
+            request_record(
+                job, prompt_tokens, reused, "remote", tokens, stopped, queue_ms, total_ms, first_ms
+            ),
+        )
         cache = {
             "prompt_tokens": prompt_tokens,
             "reused_tokens": reused,

@@ -97,6 +97,51 @@ class _Lru(OrderedDict):
         return value
 
 
+def request_record(
+    job: Job,
+    prompt_tokens: int,
+    reused: int,
+    source: str,
+    generated: int,
+    stopped: str,
+    queue_ms: float,
+    total_ms: float,
+    first_ms: float | None,
+    snapshot: bool = False,
+) -> dict:
+    """What ``stats`` reports of one request (local and remote engines alike)."""
+    return {
+        "id": job.id,
+        "method": job.method,
+        "document": job.document,
+        "prompt_tokens": prompt_tokens,
+        "reused_tokens": reused,
+        "computed_tokens": prompt_tokens - reused,
+        "cache_source": source,
+        "snapshot": snapshot,
+        "generated_tokens": generated,
+        "stopped": stopped,
+        "queue_ms": round(queue_ms, 3),
+        "total_ms": round(total_ms, 3),
+        "first_token_ms": None if first_ms is None else round(first_ms, 3),
+    }  # fmt: skip
+
+
+def account(owner, record: dict) -> None:
+    """Keep ``record`` among ``owner``'s recent requests and add it to its totals."""
+    with owner.lock:
+        owner.records.append(record)
+        t = owner.totals
+        t["requests"] += 1
+        t["hits"] += record["reused_tokens"] > 0
+        t["prompt_tokens"] += record["prompt_tokens"]
+        t["reused_tokens"] += record["reused_tokens"]
+        t["computed_tokens"] += record["computed_tokens"]
+        t["generated_tokens"] += record["generated_tokens"]
+        t["cancelled"] += record["stopped"] == "cancelled"
+        t["superseded"] += record["stopped"] == "superseded"
+
+
 def chunk_key(chunk: ContextChunk) -> str:
     if chunk.key is not None:
         return chunk.key
@@ -266,32 +311,10 @@ class Engine:
             self.store.park(seq, job.document)
         total_ms = (time.monotonic() - t0) * 1e3
         computed = len(ids) - reuse.reused
-        record = {
-            "id": job.id,
-            "method": job.method,
-            "document": job.document,
-            "prompt_tokens": len(ids),
-            "reused_tokens": reuse.reused,
-            "computed_tokens": computed,
-            "cache_source": reuse.source,
-            "snapshot": snapshot,
-            "generated_tokens": len(tokens),
-            "stopped": stopped,
-            "queue_ms": round(queue_ms, 3),
-            "total_ms": round(total_ms, 3),
-            "first_token_ms": None if first_ms is None else round(first_ms, 3),
-        }
+        record = request_record(job, len(ids), reuse.reused, reuse.source, len(tokens), stopped, queue_ms,
+                                total_ms, first_ms, snapshot=snapshot)  # fmt: skip
+        account(self, record)
         with self.lock:
-            self.records.append(record)
-            t = self.totals
-            t["requests"] += 1
-            t["hits"] += reuse.reused > 0
-            t["prompt_tokens"] += len(ids)
-            t["reused_tokens"] += reuse.reused
-            t["computed_tokens"] += computed
-            t["generated_tokens"] += len(tokens)
-            t["cancelled"] += stopped in ("cancelled",)
-            t["superseded"] += stopped in ("superseded",)
             self.spec_totals.add(spec)
         if job.method == "prefill":
             return {"prompt_tokens": len(ids), "reused_tokens": reuse.reused, "computed_tokens": computed,

@@ -14,6 +14,29 @@ import torch
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
+# Architecture variants every parity check covers (overrides of ``tiny_hf_config``).
+VARIANTS = {
+    "yarn_full_only": {},
+    "tied_top1": dict(tie_word_embeddings=True, num_experts_per_tok=1),
+    "all_sparse_all_full_rope_default": dict(
+        mlp_layer_types=["sparse"] * 4,
+        layer_types=[FULL, SLIDING, FULL, SLIDING],
+        rope_parameters={
+            FULL: {"rope_type": "default", "rope_theta": 500000.0},
+            SLIDING: {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 2.0,
+                "original_max_position_embeddings": 64,
+            },
+        },
+    ),
+    "dense_mtp_full_no_norm_topk": dict(
+        mtp_layer_types=[FULL], mtp_mlp_layer_types=["dense"], norm_topk_prob=False, num_experts_per_tok=3
+    ),
+}
+
+
 def tiny_hf_config(**overrides):
     from transformers import MellumConfig
 

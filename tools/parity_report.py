@@ -57,34 +57,14 @@ def deltas(folder: Path, n: int = 150) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hf_reference import FULL, SLIDING, make_checkpoint
+    from hf_reference import VARIANTS, make_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, action="append", default=[])
     a = p.parse_args(argv)
-    variants = {
-        "yarn on full layers, dense+sparse, untied, top-2": {},
-        "tied, top-1": dict(tie_word_embeddings=True, num_experts_per_tok=1),
-        "all sparse, mixed pattern, yarn on sliding": dict(
-            mlp_layer_types=["sparse"] * 4,
-            layer_types=[FULL, SLIDING, FULL, SLIDING],
-            rope_parameters={
-                FULL: {"rope_type": "default", "rope_theta": 500000.0},
-                SLIDING: {
-                    "rope_type": "yarn",
-                    "rope_theta": 10000.0,
-                    "factor": 2.0,
-                    "original_max_position_embeddings": 64,
-                },  # fmt: skip
-            },
-        ),
-        "dense full-attention MTP, top-3 unnormalised": dict(
-            mtp_layer_types=[FULL], mtp_mlp_layer_types=["dense"], norm_topk_prob=False, num_experts_per_tok=3
-        ),
-    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, kw) in enumerate(variants.items()):
+        for i, (name, kw) in enumerate(VARIANTS.items()):
             rows.append((name, deltas(make_checkpoint(Path(tmp) / str(i), **kw))))
     for folder in a.model:
         rows.append((str(folder), deltas(folder, n=600)))

@@ -26,20 +26,10 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<fim_prefix>",
-    "<fim_middle>",
-    "<fim_suffix>",
-    "<fim_pad>",
-    "<filename>",
-    "<file_sep>",
-    "<|repo_name|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|end|>",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.tokenizer import REQUIRED_SPECIAL_TOKENS  # noqa: E402
+
+SPECIAL_TOKENS = REQUIRED_SPECIAL_TOKENS  # the runtime's list: the two cannot drift apart
 EOS_TOKENS = ("<|endoftext|>", "<|end|>")
 # spm order: <filename>{path}\n{content} blocks, then <fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>;
 # the model writes the middle and then eot.

@@ -2,33 +2,12 @@
 
 import pytest
 import torch
-from hf_reference import FULL, SLIDING, hf_model, hf_mtp
+from hf_reference import VARIANTS, hf_model, hf_mtp
 
 from engine.checkpoint import load_model
 from engine.model.kv import CacheError
 
 TOL = 1e-4
-
-VARIANTS = {
-    "yarn_full_only": {},
-    "tied_top1": dict(tie_word_embeddings=True, num_experts_per_tok=1),
-    "all_sparse_all_full_rope_default": dict(
-        mlp_layer_types=["sparse"] * 4,
-        layer_types=[FULL, SLIDING, FULL, SLIDING],
-        rope_parameters={
-            FULL: {"rope_type": "default", "rope_theta": 500000.0},
-            SLIDING: {
-                "rope_type": "yarn",
-                "rope_theta": 10000.0,
-                "factor": 2.0,
-                "original_max_position_embeddings": 64,
-            },
-        },
-    ),
-    "dense_mtp_full_no_norm_topk": dict(
-        mtp_layer_types=[FULL], mtp_mlp_layer_types=["dense"], norm_topk_prob=False, num_experts_per_tok=3
-    ),
-}
 
 
 def _ids(n, vocab=160, seed=0):
