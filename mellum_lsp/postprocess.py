@@ -9,6 +9,8 @@ Offers `multiline_allowed(prefix, suffix, language)` and
 - false with code after the cursor on its line, or at the end of a line that opens no block.
 
 `postprocess` rules, applied in order:
+0. runaway repetition: a unit of 1-16 characters repeated 4 or more times in a row (a model stuck in
+   a loop, `str(str(str(str(`) is cut after its first occurrence.
 1. single line: without multi-line, cut at the first newline.
 2. block end: multi-line stops at a dedent below the block, or after the `}` that closes the block.
 3. brackets: drop a closer the suffix already supplies, or one with nothing to close, and the rest.
@@ -349,13 +351,32 @@ def _strip_trailing(completion: str, prefix: str, suffix: str) -> str:
     return stripped
 
 
+_RUNAWAY = re.compile(r"(.{1,16}?)\1{3,}", re.DOTALL)
+
+
+def _cut_runaway_repetition(text: str) -> str:
+    """Rule 0: keep one occurrence of a unit the model repeated 4+ times; whitespace runs are exempt
+    (indentation repeats by nature)."""
+    for m in _RUNAWAY.finditer(text):
+        if m.group(1).strip():
+            end = m.start() + len(m.group(1))
+            while end < m.end() and _is_word(text[end - 1]) and _is_word(text[end]):
+                end += 1  # do not stop inside an identifier
+            return text[:end]
+    return text
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
 def postprocess(
     completion: str, prefix: str, suffix: str, language: str | None, *, multiline_allowed: bool
 ) -> str:
     """The suggestion to show for a raw `completion` between `prefix` and `suffix` (rules in the module
     docstring); "" when nothing useful is left."""
     language = normalize_language(language)
-    text = completion.replace("\r\n", "\n")
+    text = _cut_runaway_repetition(completion.replace("\r\n", "\n"))
     text = _block_and_brackets(text, prefix, suffix, language, multiline_allowed)
     text = _drop_suffix_repeat(text, suffix)
     text = _strip_trailing(text, prefix, suffix)

@@ -120,3 +120,14 @@ MULTILINE = [
 @pytest.mark.parametrize(("language", "prefix", "suffix", "expected"), MULTILINE)
 def test_multiline_allowed(language, prefix: str, suffix: str, expected: bool) -> None:
     assert multiline_allowed(prefix, suffix, language) is expected
+
+
+def test_runaway_repetition_is_cut_after_its_first_occurrence():
+    from mellum_lsp.postprocess import postprocess
+
+    out = postprocess("= type(iter(str(str(str(str(str(str(", "x ", "\n", "python", multiline_allowed=False)
+    assert out == "= type(iter(str"  # one occurrence, not cut inside a name
+    # ordinary code that repeats a little, and indentation, are left alone
+    assert postprocess("a, b, c", "f(", ")\n", "python", multiline_allowed=False) == "a, b, c"
+    body = "\n        x = 1\n        y = 2"
+    assert postprocess(body, "    if a:", "\n", "python", multiline_allowed=True) == body
