@@ -65,7 +65,7 @@ class PrefixStore:
             return 0
         return n
 
-    def acquire(self, ids: list[int], document: str | None) -> Reuse:
+    def acquire(self, ids: list[int], document: str | None, arr: np.ndarray | None = None) -> Reuse:
         """A sequence holding the longest reusable prefix of ``ids``, ready to be extended.
 
         The document's own tip is taken out of the store (no copy); a snapshot or another
@@ -89,9 +89,14 @@ class PrefixStore:
             self.backend.truncate(seq, best_n)
         return Reuse(seq, best_n, "tip" if take else ("snapshot" if best.document is None else "fork"))
 
-    def park(self, seq: Sequence, document: str | None) -> None:
-        """Keep ``seq`` as ``document``'s tip (replacing the previous one)."""
-        entry = Entry(next(self._keys), seq, np.asarray(seq.ids, dtype=np.int64), document,
+    def park(self, seq: Sequence, document: str | None, known: np.ndarray | None = None) -> None:
+        """Keep ``seq`` as ``document``'s tip (replacing the previous one). ``known``: an int64
+        array equal to the start of ``seq.ids``, so only the rest is converted."""
+        if known is not None and len(known) <= len(seq.ids):
+            arr = np.concatenate([known, np.asarray(seq.ids[len(known) :], dtype=np.int64)])
+        else:
+            arr = np.asarray(seq.ids, dtype=np.int64)
+        entry = Entry(next(self._keys), seq, arr, document,
                       self.backend.nbytes(seq), next(self._clock))  # fmt: skip
         with self._lock:
             if document is not None:

@@ -12,6 +12,7 @@ and the length of their stable part).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,8 @@ def layout(tok: Tokenizer, pieces: FimPieces, max_tokens: int | None = None) -> 
             keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
             suffix = suffix[:keep_suffix]
             prefix = prefix[len(prefix) - (room - keep_suffix) :] if room - keep_suffix > 0 else []
-    ids = [t for block in context for t in block] + list(pieces.header)
+    ids = list(itertools.chain.from_iterable(context))  # C-level: this is O(context) per keystroke
+    ids += pieces.header
     stable = len(ids)
     if tok.template.order == "spm":
         ids += [f.suffix, *suffix, f.prefix, *prefix, f.middle]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import itertools
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -80,6 +81,14 @@ class Job:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "deadline"
         return None
+
+
+class FimPrompt(NamedTuple):
+    ids: list[int]
+    stable: int  # length of the stable part: the kept context blocks and the file header
+    dropped: bytes  # what token healing removed from the end of the prefix
+    arr: np.ndarray  # ``ids`` as int64
+    context: tuple  # (chunk keys, tokens of them kept): identifies ids[:stable - header]
 
 
 class _Lru(OrderedDict):
@@ -170,6 +179,7 @@ class Engine:
         self._doc_prefix: dict[str, tuple[str, list[int]]] = {}  # document -> (head text, head ids)
         self._texts = _Lru(64)  # suffix text -> ids
         self._results = _Lru(self.config.result_cache_entries)  # greedy completion results by prompt
+        self._context_arrays = _Lru(16)  # chunk keys -> their ids, flattened
         self.lock = threading.Lock()  # guards the records below (read by stats on the event loop)
         self.records: deque[dict] = deque(maxlen=200)
         self.totals = {"requests": 0, "hits": 0, "prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0,
@@ -216,12 +226,10 @@ class Engine:
                 self._doc_prefix[document] = (head, head_ids)
         return head_ids + self.tok.encode(prefix[cut:])
 
-    def fim_ids(
-        self, p: CompleteParams | PrefillParams, reserve: int, heal: bool = False
-    ) -> tuple[list[int], int, bytes]:
-        """(prompt ids, length of its stable part — context chunks and file header —, and the
-        bytes token healing dropped from the end of the prefix)."""
+    def fim_ids(self, p: CompleteParams | PrefillParams, reserve: int, heal: bool = False) -> FimPrompt:
+        """The prompt of a FIM request; see ``FimPrompt``."""
         context = tuple(self.remember_chunk(c) for c in p.context)
+        context_key = tuple(chunk_key(c) for c in p.context)
         header = (self.tok.fim.file, *self.tok.encode(f"{p.path}\n")) if p.path else ()
         suffix = self._texts.get_or(p.suffix, lambda: tuple(self.tok.encode(p.suffix)))
         prefix = self._prefix_ids(p.document, p.prefix)
@@ -230,7 +238,13 @@ class Engine:
             prefix, dropped = self.healer.heal(prefix)
         pieces = FimPieces(context, header, suffix, tuple(prefix))
         ids, stable = layout(self.tok, pieces, max(16, self.context_limit - reserve))
-        return ids, stable, dropped
+        # The ids as an array, from the context's cached array: per keystroke only the file part is converted.
+        flat = self._context_arrays.get_or(
+            context_key, lambda: np.fromiter(itertools.chain.from_iterable(context), dtype=np.int64)
+        )
+        kept = stable - len(header)
+        arr = np.concatenate([flat[:kept], np.asarray(ids[kept:], dtype=np.int64)])
+        return FimPrompt(ids, stable, dropped, arr, (context_key, kept))
 
     def chat_ids(self, p: GenerateParams) -> list[int]:
         if p.prompt is not None:
@@ -258,18 +272,28 @@ class Engine:
         dropped = b""
         if job.method == "generate":
             ids, stable = self.chat_ids(p), 0
+            arr = None
             if len(ids) + sampling.max_tokens > self.context_limit:
                 ids = ids[-(self.context_limit - sampling.max_tokens) :]
         else:
             heal = job.method == "complete" and self.config.token_healing
-            ids, stable, dropped = self.fim_ids(p, reserve=sampling.max_tokens, heal=heal)
+            prompt = self.fim_ids(p, reserve=sampling.max_tokens, heal=heal)
+            ids, stable, dropped, arr = prompt.ids, prompt.stable, prompt.dropped, prompt.arr
         if not ids:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{job.method}: the prompt is empty")
         # Greedy completions are a function of the prompt: an undo or a backspace back to a state
         # seen before is answered from the recent results without model work.
         result_key = None
         if job.method == "complete" and sampling.temperature == 0 and self.config.result_cache_entries:
-            result_key = (hash(tuple(ids)), len(ids), dropped, sampling.max_tokens, sampling.stop)
+            context, kept = prompt.context
+            result_key = (
+                context,
+                hash(tuple(ids[kept:])),
+                len(ids),
+                dropped,
+                sampling.max_tokens,
+                sampling.stop,
+            )
             cached = self._results.get(result_key)
             if cached is not None:
                 self._results.move_to_end(result_key)
@@ -278,7 +302,7 @@ class Engine:
                 total_ms = (time.monotonic() - t0) * 1e3
                 return cached | {"served": "result_cache", "timing": {"queue_ms": queue_ms, "prefill_ms": 0.0,
                                  "first_token_ms": total_ms, "total_ms": total_ms}}  # fmt: skip
-        reuse = self.store.acquire(ids, job.document)
+        reuse = self.store.acquire(ids, job.document, arr)
         seq = reuse.seq
         snapshot = False
         result: dict[str, Any] = {}
@@ -308,7 +332,7 @@ class Engine:
                     )
                 result["timing_prefill_ms"] = prefill_ms
         finally:
-            self.store.park(seq, job.document)
+            self.store.park(seq, job.document, None if arr is None else arr[: len(seq.ids)])
         total_ms = (time.monotonic() - t0) * 1e3
         computed = len(ids) - reuse.reused
         record = request_record(job, len(ids), reuse.reused, reuse.source, len(tokens), stopped, queue_ms,

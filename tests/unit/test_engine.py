@@ -162,7 +162,8 @@ def test_prefix_split_at_line_boundaries_tokenises_like_the_whole(tok):
 def test_engine_prompt_follows_the_model_folders_fim_layout(backend, tok):
     engine = make_engine(backend, tok)
     params = fim("def f(", "):\n    pass\n", [ContextChunk("a.py", "X = 1\n")])
-    ids, stable, dropped = engine.fim_ids(params, reserve=12)
+    ids, stable, dropped, arr, _ = engine.fim_ids(params, reserve=12)
+    assert arr.tolist() == ids
     assert dropped == b""  # no healing unless asked
     f = tok.fim
     expected = [f.file, *tok.encode("a.py\nX = 1\n"), f.file, *tok.encode("pkg/mod.py\n"),
@@ -176,7 +177,8 @@ def test_prompt_over_the_context_length_keeps_what_is_nearest_the_cursor(backend
     params = fim(
         SOURCE[:4000], SOURCE[4000:8000], [ContextChunk("big.py", SOURCE[8000:12000])], max_tokens=20
     )
-    ids, _, _ = engine.fim_ids(params, reserve=20)
+    ids, _, _, arr, _ = engine.fim_ids(params, reserve=20)
+    assert arr.tolist() == ids
     assert len(ids) <= 280
     text = tok.decode(ids)
     assert text.endswith(SOURCE[3950:4000] + "<fim_middle>")

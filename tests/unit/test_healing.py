@@ -41,8 +41,9 @@ def test_engine_output_continues_after_the_cursor_without_repeating_the_healed_b
     healed = Engine(backend, tok, EngineConfig(token_healing=True))
     plain = Engine(backend, tok, EngineConfig(token_healing=False))
     params = CompleteParams(prefix, "\n", (), "a.py", "d", Sampling(max_tokens=8))
-    ids_h, _, dropped = healed.fim_ids(params, reserve=8, heal=True)
-    ids_p, _, none = plain.fim_ids(params, reserve=8)
+    ids_h, _, dropped, arr_h, _ = healed.fim_ids(params, reserve=8, heal=True)
+    ids_p, _, none, _, _ = plain.fim_ids(params, reserve=8)
+    assert arr_h.tolist() == ids_h
     assert none == b"" and dropped == tok.decode_bytes(tok.encode(prefix)[-1:])
     assert len(ids_h) == len(ids_p) - 1  # the prompt lost exactly the cut token
     job = Job(1, "complete", params, emit=lambda p: None, finish=lambda r, e: None, document="d")
