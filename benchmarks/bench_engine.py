@@ -25,8 +25,9 @@ from pathlib import Path
 
 from engine.backends import load_backend
 from engine.cache import PrefixStore
+from engine.jobs import Job
 from engine.protocol import CompleteParams, ContextChunk, Sampling
-from engine.service import Engine, EngineConfig, Job
+from engine.service import Engine, EngineConfig
 from engine.speculative import NO_SPECULATION, SpecConfig, greedy_decode
 from engine.tokenizer import Tokenizer
 

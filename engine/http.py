@@ -11,8 +11,7 @@ Errors are OpenAI-shaped, ``{"error": {"message", "type", "code"}}``. Connection
 between requests (HTTP/1.1 keep-alive) unless the client sends ``Connection: close``; a client
 that goes away mid-request cancels its job. With a token, ``/v1/*`` needs
 ``Authorization: Bearer <token>`` (``/health`` stays open, as in vLLM). Offers
-``start_http_server`` and the pure helpers ``completion_request``, ``chat_request`` and
-``split_repo_context``.
+``start_http_server`` and the pure helpers ``completion_request`` and ``chat_request``.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from .prompt import split_text
 from .protocol import ErrorCode, ProtocolError, parse_params
 
 log = logging.getLogger("engine.http")
@@ -35,7 +35,6 @@ log = logging.getLogger("engine.http")
 MAX_BODY = 8 * 2**20  # bytes of a request body
 MAX_HEAD = 64 * 2**10  # bytes of a request line plus headers
 IDLE_TIMEOUT = 75.0  # seconds a kept-alive connection may wait for its next request
-FILE_TOKEN = "<filename>"
 
 # OpenAI fields we accept and ignore, and fields we accept only with their default meaning.
 _IGNORED = {"model", "user", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "stream_options"}
@@ -85,25 +84,6 @@ def _from_protocol(e: ProtocolError) -> HttpError:
 # ---- request bodies -> engine parameters (pure) ------------------------------------------------
 
 
-def split_repo_context(prompt: str) -> tuple[list[dict[str, str]], str | None, str]:
-    """(context chunks, current path, prefix) of a prompt in Mellum's repository-context layout.
-
-    A prompt that opens with ``<filename>{path}\\n{text}`` blocks gives every block but the last as
-    a context chunk; the last names the current file and holds the prefix. Any other prompt is all
-    prefix.
-    """
-    if not prompt.startswith(FILE_TOKEN):
-        return [], None, prompt
-    blocks = []
-    for block in prompt.split(FILE_TOKEN)[1:]:
-        path, newline, text = block.partition("\n")
-        if not newline:
-            return [], None, prompt
-        blocks.append((path, text))
-    *context, (path, prefix) = blocks
-    return [{"path": p, "text": t} for p, t in context], path or None, prefix
-
-
 def _sampling(body: dict, own: set[str]) -> dict[str, Any]:
     """Sampling fields for ``parse_params``, with OpenAI's defaults; ``own`` are the route's other fields."""
     for name, allowed in _ONLY.items():
@@ -142,7 +122,7 @@ def completion_request(body: dict) -> tuple[str, Any]:
         return "generate", _parse("generate", {"prompt": prompt, **sampling})
     if not isinstance(suffix, str):
         raise HttpError(400, f"suffix must be a string, got {type(suffix).__name__}", "invalid_params")
-    context, path, prefix = split_repo_context(prompt)
+    context, path, prefix = split_text(prompt)
     params = {"prefix": prefix, "suffix": suffix, "context": context, "path": path, **sampling}
     return "complete", _parse("complete", params)
 

@@ -5,18 +5,29 @@ is suffix-prefix-middle (spm), most stable part first so that typing only append
 
     <filename>{ctx path}\\n{ctx text} ...  <filename>{path}\\n  <fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>
 
-The model writes the middle and then ``<|endoftext|>``. Offers ``FimPieces`` (each part as token
-ids, so callers can cache them separately), ``fim_pieces``, ``assemble`` and ``layout`` (the ids
-and the length of their stable part).
+The model writes the middle and then ``<|endoftext|>``. This module is the one owner of that
+layout: as token ids for a local model (``FimPieces`` — each part as ids, so callers can cache
+them separately —, ``fim_pieces``, ``assemble``, ``layout``: the ids and the length of their stable
+part) and as text for a remote server (``render_text``; ``split_text`` reads it back).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from .protocol import ErrorCode, ProtocolError
 from .tokenizer import Tokenizer
+
+FILE_TOKEN = "<filename>"  # the file-block token as text (remote servers tokenise it themselves)
+
+
+def block_text(path: str, text: str = "") -> str:
+    """A file block after its ``<filename>`` token: the path, a newline, the content."""
+    return f"{path}\n{text}"
 
 
 @dataclass(frozen=True)
@@ -28,13 +39,17 @@ class FimPieces:
 
 
 def context_block(tok: Tokenizer, path: str, text: str) -> tuple[int, ...]:
-    return (tok.fim.file, *tok.encode(f"{path}\n{text}"))
+    return (tok.fim.file, *tok.encode(block_text(path, text)))
+
+
+def header_block(tok: Tokenizer, path: str | None) -> tuple[int, ...]:
+    return (tok.fim.file, *tok.encode(block_text(path))) if path else ()
 
 
 def fim_pieces(
     tok: Tokenizer, prefix: str, suffix: str, context: Sequence[tuple[str, str]] = (), path: str | None = None
 ) -> FimPieces:
-    header = (tok.fim.file, *tok.encode(f"{path}\n")) if path else ()
+    header = header_block(tok, path)
     return FimPieces(
         tuple(context_block(tok, p, t) for p, t in context),
         header,
@@ -72,3 +87,41 @@ def layout(tok: Tokenizer, pieces: FimPieces, max_tokens: int | None = None) -> 
     else:
         ids += [f.prefix, *prefix, f.suffix, *suffix, f.middle]
     return ids, stable
+
+
+def render_text(p: Any, fim_template: str | None = None, repo_context: bool = True) -> str:
+    """The prompt text of a FIM request ``p`` (prefix, suffix, context, path) for a server that
+    builds the FIM prompt itself: ``<filename>{path}\\n{text}`` per context chunk and a
+    ``<filename>{path}\\n`` header for the current file (both only with ``repo_context`` and when
+    there is context or a path), then the prefix — or ``fim_template`` with its ``{prefix}`` and
+    ``{suffix}`` filled in, for servers that take no ``suffix``."""
+    head = ""
+    if repo_context and (p.context or p.path):
+        for c in p.context:
+            if c.text is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_CONTEXT_KEY, f"context chunk {c.path!r} has no text")
+            head += FILE_TOKEN + block_text(c.path, c.text)
+        head += FILE_TOKEN + block_text(p.path or "")
+    if fim_template is None:
+        return head + p.prefix
+    values = {"prefix": p.prefix, "suffix": p.suffix}
+    return head + re.sub(r"\{(prefix|suffix)\}", lambda m: values[m[1]], fim_template)
+
+
+def split_text(prompt: str) -> tuple[list[dict[str, str]], str | None, str]:
+    """(context chunks, current path, prefix) of a prompt in ``render_text``'s layout.
+
+    A prompt that opens with ``<filename>{path}\\n{text}`` blocks gives every block but the last as
+    a context chunk; the last names the current file and holds the prefix. Any other prompt is all
+    prefix.
+    """
+    if not prompt.startswith(FILE_TOKEN):
+        return [], None, prompt
+    blocks = []
+    for block in prompt.split(FILE_TOKEN)[1:]:
+        path, newline, text = block.partition("\n")
+        if not newline:
+            return [], None, prompt
+        blocks.append((path, text))
+    *context, (path, prefix) = blocks
+    return [{"path": p, "text": t} for p, t in context], path or None, prefix

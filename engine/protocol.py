@@ -9,10 +9,18 @@ is a notification and gets no answer.
 
 Methods: ``handshake``, ``complete`` (FIM), ``generate`` (raw prompt or chat), ``prefill``
 (warm the cache, no output), ``cancel``, ``stats``, ``shutdown``.
+
+The engine remembers what a client sent so that a keystroke costs O(change) on the wire: context
+chunks by ``key`` (send the text once) and each document's text by ``version`` — a ``complete``
+or ``prefill`` may give ``doc`` (the document's text in full, or as one edit of a version the
+engine holds) and the cursor ``offset`` in place of ``prefix``/``suffix``. When the engine does not
+hold what a request refers to (after a restart, or an eviction) it answers UNKNOWN_CONTEXT_KEY or
+UNKNOWN_DOCUMENT and the client sends the text again: error codes decide retries, never messages.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -29,6 +37,8 @@ class ErrorCode:
     CANCELLED = -32800  # cancelled by the client or by its disconnect
     SUPERSEDED = -32801  # a newer request for the same document replaced it
     UNAVAILABLE = -32803  # the engine is shutting down or its backend failed
+    UNKNOWN_CONTEXT_KEY = -32804  # a context chunk was sent by key and the engine does not hold its text
+    UNKNOWN_DOCUMENT = -32805  # a document edit refers to a version the engine does not hold
 
 
 class ProtocolError(Exception):
@@ -64,6 +74,24 @@ class ContextChunk:
     key: str | None = None
 
 
+def chunk_key(chunk: ContextChunk) -> str:
+    """The chunk's key: the one given, or a digest of its path and text."""
+    if chunk.key is not None:
+        return chunk.key
+    return hashlib.sha1(f"{chunk.path}\0{chunk.text}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class DocumentText:
+    """A document's text as of ``version``: in full (``text``), or as the edit ``(start, end,
+    text)`` (code-point offsets) of version ``base``'s text, which the engine holds."""
+
+    version: int
+    text: str | None = None
+    base: int | None = None
+    edit: tuple[int, int, str] | None = None
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int = 64
@@ -82,6 +110,9 @@ class CompleteParams:
     path: str | None = None  # the current file's workspace-relative path, shown to the model
     document: str | None = None  # a stable id (the URI): requests for it supersede each other
     sampling: Sampling = field(default_factory=Sampling)
+    delay_ms: float = 0.0  # the client's debounce: wait this long unless a newer request comes
+    doc: DocumentText | None = None  # in place of prefix/suffix, with ``offset``
+    offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +130,8 @@ class PrefillParams:
     context: tuple[ContextChunk, ...] = ()
     path: str | None = None
     document: str | None = None
+    doc: DocumentText | None = None
+    offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,7 @@ class CancelParams:
 
 
 _SAMPLING_FIELDS = {f.name for f in fields(Sampling)}
+_FIM_FIELDS = {"prefix", "suffix", "context", "path", "document", "doc", "offset"}
 
 
 def _sampling(p: dict[str, Any], method: str) -> Sampling:
@@ -159,6 +193,45 @@ def _context(p: dict[str, Any], method: str) -> tuple[ContextChunk, ...]:
     return tuple(out)
 
 
+MAX_DELAY_MS = 5000.0
+
+
+def _doc(p: dict[str, Any], method: str) -> tuple[DocumentText | None, int | None]:
+    """``doc`` and ``offset``; a request gives them or ``prefix``/``suffix``, not both."""
+    if p.get("doc") is None:
+        if p.get("offset") is not None:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: offset needs doc")
+        return None, None
+    if "prefix" in p or "suffix" in p:
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: give doc and offset, or prefix and suffix")
+    if p.get("document") is None:
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: doc needs document (its id)")
+    d = _check(p["doc"], dict, "doc", method)
+    _no_unknown(d, {"version", "text", "base", "edit"}, f"{method} doc")
+    version = _check(d.get("version"), int, "doc.version", method)
+    offset = _check(p.get("offset"), int, "offset", method)
+    if offset < 0:
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: offset must be >= 0, got {offset}")
+    if d.get("text") is not None:
+        if d.get("base") is not None or d.get("edit") is not None:
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS, f"{method}: doc has text, or base and edit, not both"
+            )
+        return DocumentText(version, _check(d["text"], str, "doc.text", method)), offset
+    base = _check(d.get("base"), int, "doc.base", method)
+    edit = None
+    if d.get("edit") is not None:
+        e = _check(d["edit"], (list, tuple), "doc.edit", method)
+        if len(e) != 3:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: doc.edit must be [start, end, text]")
+        start = _check(e[0], int, "doc.edit[0]", method)
+        end = _check(e[1], int, "doc.edit[1]", method)
+        if not 0 <= start <= end:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: doc.edit needs 0 <= start <= end")
+        edit = (start, end, _check(e[2], str, "doc.edit[2]", method))
+    return DocumentText(version, None, base, edit), offset
+
+
 def _opt_str(p: dict[str, Any], name: str, method: str) -> str | None:
     v = p.get(name)
     return None if v is None else _check(v, str, name, method)
@@ -182,14 +255,23 @@ def parse_params(method: str, params: Any) -> Any:
     params = {} if params is None else params
     _check(params, dict, "params", method)
     if method == "complete":
-        _no_unknown(params, {"prefix", "suffix", "context", "path", "document"} | _SAMPLING_FIELDS, method)
+        _no_unknown(params, _FIM_FIELDS | {"delay_ms"} | _SAMPLING_FIELDS, method)
+        doc, offset = _doc(params, method)
+        delay = _check(params.get("delay_ms", 0.0), float, "delay_ms", method)
+        if not 0 <= delay <= MAX_DELAY_MS:
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS, f"{method}: delay_ms must be in 0..{MAX_DELAY_MS:g}"
+            )
         return CompleteParams(
-            prefix=_check(params.get("prefix"), str, "prefix", method),
-            suffix=_check(params.get("suffix", ""), str, "suffix", method),
+            prefix="" if doc else _check(params.get("prefix"), str, "prefix", method),
+            suffix="" if doc else _check(params.get("suffix", ""), str, "suffix", method),
             context=_context(params, method),
             path=_opt_str(params, "path", method),
             document=_opt_str(params, "document", method),
             sampling=_sampling(params, method),
+            delay_ms=delay,
+            doc=doc,
+            offset=offset,
         )
     if method == "generate":
         _no_unknown(params, {"prompt", "messages", "document"} | _SAMPLING_FIELDS, method)
@@ -208,13 +290,16 @@ def parse_params(method: str, params: Any) -> Any:
             _sampling(params, method),
         )
     if method == "prefill":
-        _no_unknown(params, {"prefix", "suffix", "context", "path", "document"}, method)
+        _no_unknown(params, _FIM_FIELDS, method)
+        doc, offset = _doc(params, method)
         return PrefillParams(
             prefix=_check(params.get("prefix", ""), str, "prefix", method),
             suffix=_check(params.get("suffix", ""), str, "suffix", method),
             context=_context(params, method),
             path=_opt_str(params, "path", method),
             document=_opt_str(params, "document", method),
+            doc=doc,
+            offset=offset,
         )
     if method == "cancel":
         _no_unknown(params, {"id", "document"}, method)

@@ -1,7 +1,7 @@
 """Run the engine's jobs on an OpenAI-compatible server: vLLM, SGLang, or our own ``engine.http``.
 
 ``RemoteEngine`` has the part of ``engine.service.Engine`` that the ``Scheduler`` drives
-(``execute``, ``handshake``, ``stats``, ``lock``, ``totals``, ``records``). Each job is one streamed
+(the ``engine.jobs.Executor`` interface). Each job is one streamed
 request: ``complete`` and ``prefill`` go to ``/v1/completions`` with ``prompt`` and ``suffix`` (or,
 with ``fim_template``, the FIM prompt rendered for servers that do not take ``suffix``), repository
 context in front of the prompt as ``<filename>{path}\\n{text}`` blocks; ``generate`` goes to
@@ -10,7 +10,7 @@ events and leaves as partials; a cancel or a deadline shuts the socket at once. 
 for one token, to warm the server's prefix cache.
 
 The I/O is blocking ``http.client``: ``execute`` runs on the scheduler's worker thread; ``handshake``
-and ``stats`` (called on the event loop) do no I/O. Offers ``RemoteEngine`` and ``render_prompt``.
+and ``stats`` (called on the event loop) do no I/O. Offers ``RemoteEngine``.
 """
 
 from __future__ import annotations
@@ -18,47 +18,22 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import re
 import socket
 import threading
 import time
-from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
-from .protocol import PROTOCOL_VERSION, CompleteParams, ErrorCode, PrefillParams, ProtocolError, Sampling
-from .service import account, request_record
+from .jobs import Stats, request_record
+from .prompt import render_text
+from .protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, Sampling
 
-FILE_TOKEN = "<filename>"
 MAX_EVENT_LINE = 16 * 2**20
 POLL_S = 0.02  # how often a running request checks whether its job should stop
 
 
 class _Stopped(Exception):
     """The job should stop: its request was broken off on purpose."""
-
-
-def render_prompt(
-    p: CompleteParams | PrefillParams, fim_template: str | None = None, repo_context: bool = True
-) -> str:
-    """The prompt text of a FIM job: ``<filename>{path}\\n{text}`` per context chunk and then a
-    ``<filename>{path}\\n`` header for the current file (both only with ``repo_context`` and when
-    there is context or a path), followed by the prefix, or by ``fim_template`` with its
-    ``{prefix}`` and ``{suffix}`` filled in."""
-    head = ""
-    if repo_context and (p.context or p.path):
-        for c in p.context:
-            if c.text is None:
-                raise ProtocolError(
-                    ErrorCode.INVALID_PARAMS,
-                    f"context chunk {c.path!r} has no text; a remote engine keeps no chunks by key",
-                )
-            head += f"{FILE_TOKEN}{c.path}\n{c.text}"
-        head += f"{FILE_TOKEN}{p.path or ''}\n"
-    if fim_template is None:
-        return head + p.prefix
-    values = {"prefix": p.prefix, "suffix": p.suffix}
-    return head + re.sub(r"\{(prefix|suffix)\}", lambda m: values[m[1]], fim_template)
 
 
 def _sse_events(resp: http.client.HTTPResponse):
@@ -118,11 +93,7 @@ class RemoteEngine:
         self.fim_template, self.repo_context = fim_template, repo_context
         self.context_length: int | None = None
         self._conn: http.client.HTTPConnection | None = None  # kept alive between jobs
-        self.lock = threading.Lock()  # guards the records below (read by stats on the event loop)
-        self.records: deque[dict] = deque(maxlen=200)
-        self.totals = {"requests": 0, "hits": 0, "prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0,
-                       "generated_tokens": 0, "typed_ahead": 0, "cancelled": 0, "superseded": 0}  # fmt: skip
-        self.started = time.time()
+        self.accounting = Stats()
 
     # ---- what the event loop asks (no I/O) ---------------------------------------------------
     def handshake(self) -> dict:
@@ -138,19 +109,16 @@ class RemoteEngine:
         }
 
     def stats(self) -> dict:
-        with self.lock:
-            totals = dict(self.totals)
-            records = list(self.records)[-20:]
-        prompt = totals["prompt_tokens"] or 1
+        snap = self.accounting.snapshot()
         return {
             "backend": "remote",
             "url": self.url,
             "model": self.model,
-            "uptime_s": time.time() - self.started,
-            "totals": totals | {"reuse_share": totals["reused_tokens"] / prompt},
+            "uptime_s": snap["uptime_s"],
+            "totals": snap["totals"],
             "cache": {},
             "spec": {"drafted": 0, "accepted": 0, "acceptance": 0.0},
-            "recent": records,
+            "recent": snap["recent"],
         }
 
     # ---- HTTP --------------------------------------------------------------------------------
@@ -291,12 +259,12 @@ class RemoteEngine:
     def _request(self, job: Any) -> tuple[str, dict, Sampling]:
         p = job.params
         if job.method == "prefill":
-            body = {"prompt": render_prompt(p, self.fim_template, self.repo_context)}
+            body = {"prompt": render_text(p, self.fim_template, self.repo_context)}
             if self.fim_template is None:
                 body["suffix"] = p.suffix
             return "/completions", body, Sampling(max_tokens=1, stream=False)
         if job.method == "complete":
-            body = {"prompt": render_prompt(p, self.fim_template, self.repo_context)}
+            body = {"prompt": render_text(p, self.fim_template, self.repo_context)}
             if self.fim_template is None:
                 body["suffix"] = p.suffix
             return "/completions", body, p.sampling
@@ -342,11 +310,10 @@ class RemoteEngine:
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         reused = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         tokens = int(usage.get("completion_tokens") or pieces)  # a piece per token when not told
-        account(
-            self,
+        self.accounting.add(
             request_record(
                 job, prompt_tokens, reused, "remote", tokens, stopped, queue_ms, total_ms, first_ms
-            ),
+            )
         )
         cache = {
             "prompt_tokens": prompt_tokens,

@@ -191,6 +191,7 @@ class EngineClient:
         self._lock = asyncio.Lock()
         self._reader_task = asyncio.ensure_future(self._read_loop())
         self.closed = asyncio.Event()
+        self.bytes_sent = 0  # request frames, for measuring what a keystroke costs on the wire
 
     @classmethod
     async def connect(cls, path: str | Path) -> EngineClient:
@@ -235,19 +236,22 @@ class EngineClient:
                     future.set_exception(EngineError(ErrorCode.UNAVAILABLE, "the engine connection was lost"))
             self._pending.clear()
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: dict[str, Any] | bytes) -> None:
         if self.closed.is_set():
             raise EngineError(ErrorCode.UNAVAILABLE, "the engine connection is closed")
+        data = message if isinstance(message, bytes) else encode_frame(message)
         async with self._lock:
-            self.writer.write(encode_frame(message))
+            self.writer.write(data)
             await self.writer.drain()
 
     def start(self, method: str, params: Any = None, on_partial: Callable[[Any], None] | None = None):
-        """Send a request now; returns (id, future of its result)."""
+        """Send a request now; returns (id, future of its result). ``bytes_sent`` counts its frame."""
         request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
+        frame = encode_frame({"id": request_id, "method": method, "params": params})
+        self.bytes_sent += len(frame)
         self._pending[request_id] = (future, on_partial)
-        send = asyncio.ensure_future(self._send({"id": request_id, "method": method, "params": params}))
+        send = asyncio.ensure_future(self._send(frame))
 
         def _sent(t: asyncio.Task) -> None:
             if t.exception() is not None and not future.done():

@@ -18,10 +18,11 @@ import sys
 import time
 from typing import Any
 
+from .inputs import Inputs
+from .jobs import Executor, Job
 from .protocol import ProtocolError, parse_params
 from .rpc import Connection, serve_connection
 from .scheduler import Scheduler
-from .service import Job
 
 log = logging.getLogger("engine")
 
@@ -29,8 +30,9 @@ log = logging.getLogger("engine")
 class Dispatcher:
     """Turns protocol requests into scheduler jobs and streams their answers back."""
 
-    def __init__(self, engine: Any, scheduler: Scheduler) -> None:
+    def __init__(self, engine: Executor, scheduler: Scheduler) -> None:
         self.engine, self.scheduler = engine, scheduler
+        self.inputs = Inputs()  # chunk texts and document versions, shared by this engine's clients
         self.stop = asyncio.Event()
         self.connections = 0
         self.last_activity = time.monotonic()
@@ -61,7 +63,7 @@ class Dispatcher:
     async def handle(self, conn: Connection, request_id: Any, method: str, params: Any) -> None:
         self.last_activity = time.monotonic()
         try:
-            p = parse_params(method, params)
+            p = self.inputs.resolve(parse_params(method, params))
         except ProtocolError as e:
             if request_id is not None:
                 await conn.error(request_id, e.code, e.message)
@@ -156,8 +158,8 @@ async def _bind_unix(path: str, dispatcher: Dispatcher) -> asyncio.AbstractServe
     return server
 
 
-def load_engine(a: argparse.Namespace):
-    """The object that executes jobs: a local model, or a remote OpenAI-compatible server."""
+def load_engine(a: argparse.Namespace) -> Executor:
+    """What executes jobs: a local model, or a remote OpenAI-compatible server."""
     from .service import Engine, EngineConfig
     from .speculative import NO_SPECULATION, SpecConfig
 

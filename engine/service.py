@@ -6,18 +6,16 @@ ids of every context chunk by key and of each document's prefix up to its last l
 a keystroke tokenises only the line being edited. It takes the longest reusable prefix from the
 ``PrefixStore``, prefills the rest in chunks (cancellable between chunks), snapshots the stable
 part for other requests, decodes (greedy with speculation, or sampling) and parks the sequence
-as the document's tip. Offers ``EngineConfig``, ``Job``, ``Engine``.
+as the document's tip. Offers ``EngineConfig``, ``Engine`` (an ``engine.jobs.Executor``).
 """
 
 from __future__ import annotations
 
 import codecs
-import hashlib
 import itertools
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -27,6 +25,7 @@ from .backends.base import Backend, Sequence
 from .cache import PrefixStore
 from .generate import Sampler, SamplingParams, log_softmax
 from .healing import TokenHealer
+from .jobs import Job, Stats, request_record
 from .prompt import FimPieces, layout
 from .protocol import (
     PROTOCOL_VERSION,
@@ -37,6 +36,7 @@ from .protocol import (
     PrefillParams,
     ProtocolError,
     Sampling,
+    chunk_key,
 )
 from .speculative import SpecConfig, SpecStats, greedy_decode
 from .tokenizer import Tokenizer, validate_against_vocab
@@ -53,34 +53,6 @@ class EngineConfig:
     chunk_cache_entries: int = 4096
     result_cache_entries: int = 256  # recent greedy results by prompt (0: off)
     token_healing: bool = True  # re-choose the token the cursor cut through (engine/healing.py)
-
-
-@dataclass
-class Job:
-    id: int
-    method: str
-    params: Any
-    emit: Callable[[dict], None]  # partial results; thread-safe
-    finish: Callable[[dict | None, ProtocolError | None], None]  # exactly once
-    document: str | None = None
-    background: bool = False
-    created: float = field(default_factory=time.monotonic)
-    deadline: float | None = None
-    cancel_reason: str | None = None
-    text: str = ""  # generated so far (read by typed-ahead matching on the event loop)
-    followers: list[tuple[Job, str]] = field(default_factory=list)  # (job, typed characters)
-    finished: bool = False
-
-    def cancel(self, reason: str) -> None:
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-
-    def should_stop(self) -> str | None:
-        if self.cancel_reason:
-            return self.cancel_reason
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return "deadline"
-        return None
 
 
 class FimPrompt(NamedTuple):
@@ -106,57 +78,6 @@ class _Lru(OrderedDict):
         return value
 
 
-def request_record(
-    job: Job,
-    prompt_tokens: int,
-    reused: int,
-    source: str,
-    generated: int,
-    stopped: str,
-    queue_ms: float,
-    total_ms: float,
-    first_ms: float | None,
-    snapshot: bool = False,
-) -> dict:
-    """What ``stats`` reports of one request (local and remote engines alike)."""
-    return {
-        "id": job.id,
-        "method": job.method,
-        "document": job.document,
-        "prompt_tokens": prompt_tokens,
-        "reused_tokens": reused,
-        "computed_tokens": prompt_tokens - reused,
-        "cache_source": source,
-        "snapshot": snapshot,
-        "generated_tokens": generated,
-        "stopped": stopped,
-        "queue_ms": round(queue_ms, 3),
-        "total_ms": round(total_ms, 3),
-        "first_token_ms": None if first_ms is None else round(first_ms, 3),
-    }  # fmt: skip
-
-
-def account(owner, record: dict) -> None:
-    """Keep ``record`` among ``owner``'s recent requests and add it to its totals."""
-    with owner.lock:
-        owner.records.append(record)
-        t = owner.totals
-        t["requests"] += 1
-        t["hits"] += record["reused_tokens"] > 0
-        t["prompt_tokens"] += record["prompt_tokens"]
-        t["reused_tokens"] += record["reused_tokens"]
-        t["computed_tokens"] += record["computed_tokens"]
-        t["generated_tokens"] += record["generated_tokens"]
-        t["cancelled"] += record["stopped"] == "cancelled"
-        t["superseded"] += record["stopped"] == "superseded"
-
-
-def chunk_key(chunk: ContextChunk) -> str:
-    if chunk.key is not None:
-        return chunk.key
-    return hashlib.sha1(f"{chunk.path}\0{chunk.text}".encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def line_cut(text: str) -> int:
     """A cut point before the last line such that tokenising both sides apart equals tokenising
     the whole: right before the newline run that precedes the last line (the pre-tokenizer always
@@ -180,12 +101,9 @@ class Engine:
         self._texts = _Lru(64)  # suffix text -> ids
         self._results = _Lru(self.config.result_cache_entries)  # greedy completion results by prompt
         self._context_arrays = _Lru(16)  # chunk keys -> their ids, flattened
-        self.lock = threading.Lock()  # guards the records below (read by stats on the event loop)
-        self.records: deque[dict] = deque(maxlen=200)
-        self.totals = {"requests": 0, "hits": 0, "prompt_tokens": 0, "reused_tokens": 0, "computed_tokens": 0,
-                       "generated_tokens": 0, "typed_ahead": 0, "result_cache": 0, "cancelled": 0, "superseded": 0}  # fmt: skip
+        self.accounting = Stats()
+        self._spec_lock = threading.Lock()
         self.spec_totals = SpecStats()
-        self.started = time.time()
 
     # ---- prompt building -------------------------------------------------------------------
     def handshake(self) -> dict:
@@ -202,11 +120,12 @@ class Engine:
         }
 
     def remember_chunk(self, chunk: ContextChunk) -> tuple[int, ...]:
+        """The chunk's ids, cached by key (``engine.inputs`` filled in texts sent by key)."""
         key = chunk_key(chunk)
         if chunk.text is None:
             if key not in self._chunks:
                 raise ProtocolError(
-                    ErrorCode.INVALID_PARAMS, f"unknown context key {key!r}; send it with its text"
+                    ErrorCode.UNKNOWN_CONTEXT_KEY, f"unknown context key {key!r}; send it with its text"
                 )
             self._chunks.move_to_end(key)
             return self._chunks[key]
@@ -297,8 +216,7 @@ class Engine:
             cached = self._results.get(result_key)
             if cached is not None:
                 self._results.move_to_end(result_key)
-                with self.lock:
-                    self.totals["result_cache"] += 1
+                self.accounting.count("result_cache")
                 total_ms = (time.monotonic() - t0) * 1e3
                 return cached | {"served": "result_cache", "timing": {"queue_ms": queue_ms, "prefill_ms": 0.0,
                                  "first_token_ms": total_ms, "total_ms": total_ms}}  # fmt: skip
@@ -337,8 +255,8 @@ class Engine:
         computed = len(ids) - reuse.reused
         record = request_record(job, len(ids), reuse.reused, reuse.source, len(tokens), stopped, queue_ms,
                                 total_ms, first_ms, snapshot=snapshot)  # fmt: skip
-        account(self, record)
-        with self.lock:
+        self.accounting.add(record)
+        with self._spec_lock:
             self.spec_totals.add(spec)
         if job.method == "prefill":
             return {"prompt_tokens": len(ids), "reused_tokens": reuse.reused, "computed_tokens": computed,
@@ -442,15 +360,13 @@ class Engine:
         return state["text"], tokens, stopped, (first_ms[0] if first_ms else None), spec
 
     def stats(self) -> dict:
-        with self.lock:
-            totals = dict(self.totals)
-            records = list(self.records)[-20:]
+        with self._spec_lock:
             spec = self.spec_totals
-        prompt = totals["prompt_tokens"] or 1
+        snap = self.accounting.snapshot()
         return {
             "backend": self.backend.name,
-            "uptime_s": time.time() - self.started,
-            "totals": totals | {"reuse_share": totals["reused_tokens"] / prompt},
+            "uptime_s": snap["uptime_s"],
+            "totals": snap["totals"],
             "cache": self.store.stats(),
             "spec": {
                 "drafted": spec.drafted,
@@ -461,7 +377,7 @@ class Engine:
                 "lookup_drafted": spec.lookup_drafted,
                 "lookup_accepted": spec.lookup_accepted,
             },  # fmt: skip
-            "recent": records,
+            "recent": snap["recent"],
         }
 
 

@@ -1,7 +1,7 @@
 """Runtime tokenizer of the inference engine: a byte-level BPE ``tokenizer.json`` plus its config.
 
 Offers ``Tokenizer`` (``from_folder``, ``encode``/``encode_batch`` that never turn user text into
-special tokens, ``decode``/``decode_bytes``, ``encode_fim``, ``apply_chat_template``/``encode_chat``),
+special tokens, ``decode``/``decode_bytes``, ``apply_chat_template``/``encode_chat``),
 ``IncrementalDecoder`` for streaming, ``FimTokens``/``FimTemplate`` (the FIM prompt layout read from
 ``tokenizer_config.json["mellum_fim"]``), ``validate_against_vocab`` and ``TokenizerError``.
 A folder is checked when loaded: every token the runtime relies on must exist as a single special
@@ -312,22 +312,6 @@ class Tokenizer:
         """``encode`` of each text, in parallel."""
         backend = self._with_special if allow_special else self._text
         return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_fim(self, prefix: str, suffix: str, files: Sequence[tuple[str, str]] = ()) -> list[int]:
-        """A FIM prompt: ``<filename>{path}\\n{content}`` per context file, then the ordered FIM parts.
-
-        spm: ``<fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>``; psm puts prefix before suffix.
-        The model continues with the middle and then ``fim.eot``.
-        """
-        ids = []
-        for path, content in files:
-            ids += [self.fim.file, *self.encode(f"{path}\n{content}")]
-        parts = {
-            "prefix": [self.fim.prefix, *self.encode(prefix)],
-            "suffix": [self.fim.suffix, *self.encode(suffix)],
-        }
-        first, second = ("suffix", "prefix") if self.template.order == "spm" else ("prefix", "suffix")
-        return ids + parts[first] + parts[second] + [self.fim.middle]
 
     # -- decoding -----------------------------------------------------------------------------
 

@@ -42,15 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model.config import MellumConfig
+from engine.model.config import EXPORT_METADATA_KEY, SLIDING, MellumConfig
 from engine.model.mellum import Mellum
 from engine.model.rope import inv_freq_and_scale
 
 from . import ops
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-SLIDING = "sliding_attention"
-METADATA_KEY = "mellum.export"
 
 
 @dataclass(frozen=True)
@@ -477,7 +475,7 @@ def _finalise(graph_model: ir.Model, options: ExportOptions, config: MellumConfi
         "sliding_window": config.sliding_window,
         "max_positions": options.max_positions or config.max_position_embeddings,  # rows of cos/sin
     }
-    graph_model.metadata_props[METADATA_KEY] = json.dumps(meta)
+    graph_model.metadata_props[EXPORT_METADATA_KEY] = json.dumps(meta)
     graph_model.producer_name = "mellum-lsp export"
 
 

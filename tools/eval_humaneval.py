@@ -29,8 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.backends import load_backend  # noqa: E402
+from engine.jobs import Job  # noqa: E402
 from engine.protocol import CompleteParams, Sampling  # noqa: E402
-from engine.service import Engine, EngineConfig, Job  # noqa: E402
+from engine.service import Engine, EngineConfig  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 
 FILES = {

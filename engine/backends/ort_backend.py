@@ -25,11 +25,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..model.config import CacheError, ConfigError, MellumConfig, from_hf
+from .. import kv_policy
+from ..model.config import (
+    EXPORT_METADATA_KEY,
+    FULL,
+    SLIDING,
+    CacheError,
+    ConfigError,
+    MellumConfig,
+    from_hf,
+)
 from .base import Backend, Sequence
 
-METADATA_KEY = "mellum.export"  # written by export.onnx_export
-FULL, SLIDING = "full_attention", "sliding_attention"
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -42,7 +49,7 @@ class _KV:
     split)), because GroupQueryAttention's CPU kernel scans every row it is given, window or not.
     A rollback into the attic moves rows back. What is held follows ``LayerKV`` exactly: growth by
     an eighth (at least 256 rows); a sliding group keeps window - 1 + margin positions, dropping
-    older ones in chunks, so both backends refuse the same rollbacks. Full groups have no attic.
+    older ones in chunks: the rules of ``engine.kv_policy``, shared with ``LayerKV``. Full groups have no attic.
     """
 
     LIVE_SLACK = 32  # extra live rows before older ones move to the attic (amortises the shift)
@@ -77,7 +84,7 @@ class _KV:
         """Room for ``t`` more live rows."""
         n = self.used + t
         if n > self.capacity:
-            self._realloc(max(n + max(256, n // 8), 64))  # as LayerKV.append: little spare capacity
+            self._realloc(kv_policy.grown_capacity(n))
 
     def _attic_append(self, rows: np.ndarray) -> None:
         """Append rows of positions [split, split + n) to the attic, dropping attic rows below ``start``."""
@@ -96,9 +103,7 @@ class _KV:
     def trim(self) -> None:
         if self.window is None:
             return
-        keep = self.window - 1 + self.margin
-        if self.end - self.start > keep + max(64, keep // 4):  # LayerKV.trim's policy
-            self.start = self.end - keep
+        self.start = kv_policy.trimmed_start(self.start, self.end, self.window, self.margin)
         live = self.window - 1
         if self.used > live + self.LIVE_SLACK:
             old = self.used - live
@@ -111,9 +116,7 @@ class _KV:
             self._attic_append(self.a[..., :0, :])  # release attic rows no rollback can reach
 
     def lowest_truncation(self) -> int:
-        if self.window is None or self.start == self.origin:
-            return 0
-        return self.start + self.window - 1
+        return kv_policy.lowest_truncation(self.window, self.start, self.origin)
 
     def truncate(self, n: int) -> None:
         """Forget positions >= n (the caller checked ``lowest_truncation``); refill the live window."""
@@ -227,9 +230,11 @@ class _Graph:
     def __init__(self, path: Path, options: ort.SessionOptions, providers: list) -> None:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise RuntimeError(f"{path} was not written by `mellum-lsp export` (no {METADATA_KEY} metadata)")
-        self.meta = json.loads(meta[METADATA_KEY])
+        if EXPORT_METADATA_KEY not in meta:
+            raise RuntimeError(
+                f"{path} was not written by `mellum-lsp export` (no {EXPORT_METADATA_KEY} metadata)"
+            )
+        self.meta = json.loads(meta[EXPORT_METADATA_KEY])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.optional = {i.name for i in self.session.get_overridable_initializers()}
         self.kv_dtype = _NP_DTYPES[self.inputs["past_key_values.0.key"].type]

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ATTENTION_TYPES = ("sliding_attention", "full_attention")
+SLIDING, FULL = ATTENTION_TYPES
+EXPORT_METADATA_KEY = (
+    "mellum.export"  # the ONNX metadata entry `mellum-lsp export` writes and the ORT backend reads
+)
 MLP_TYPES = ("dense", "sparse")
 ROPE_TYPES = ("default", "yarn")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kv_policy
 from .config import CacheError, MellumConfig
 
 __all__ = ["CacheError", "KVCache", "LayerKV"]
@@ -32,14 +33,14 @@ class LayerKV:
     @property
     def keep(self) -> int | None:
         """Positions a sliding layer must keep to serve the next query and a rollback of ``margin``."""
-        return None if self.window is None else self.window - 1 + self.margin
+        return kv_policy.keep(self.window, self.margin)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Store (B, K, T, D) keys/values at positions [end, end+T); return every held key, value and the start."""
         t = k.shape[2]
         used = self.end - self.start
         if self.k is None or used + t > self.k.shape[2]:
-            cap = max(used + t + max(256, (used + t) // 8), 64)  # grow by 1/8: little spare capacity
+            cap = kv_policy.grown_capacity(used + t)
             nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
             nv = v.new_empty(nk.shape)
             if self.k is not None and used:
@@ -52,28 +53,24 @@ class LayerKV:
         return self.k[:, :, : used + t], self.v[:, :, : used + t], self.start
 
     def trim(self) -> None:
-        """Drop sliding-layer positions no query or allowed rollback can need (amortised: in chunks)."""
-        keep = self.keep
-        if keep is None or self.k is None:
+        """Drop sliding-layer positions no query or allowed rollback can need (``kv_policy``)."""
+        if self.k is None:
             return
-        used = self.end - self.start
-        slack = max(64, keep // 4)
-        if used <= keep + slack:
+        start = kv_policy.trimmed_start(self.start, self.end, self.window, self.margin)
+        if start == self.start:
             return
-        drop = used - keep
-        cap = keep + slack
+        drop, used, keep = start - self.start, self.end - self.start, self.end - start
+        cap = keep + max(64, keep // 4)
         nk = self.k.new_empty(self.k.shape[0], self.k.shape[1], cap, self.k.shape[3])
         nv = self.v.new_empty(nk.shape)
         nk[:, :, :keep] = self.k[:, :, drop:used]
         nv[:, :, :keep] = self.v[:, :, drop:used]
         self.k, self.v = nk, nv
-        self.start += drop
+        self.start = start
 
     def lowest_truncation(self) -> int:
         """The smallest length this layer can be truncated to."""
-        if self.window is None or self.start == self.origin:
-            return 0
-        return self.start + self.window - 1
+        return kv_policy.lowest_truncation(self.window, self.start, self.origin)
 
     def truncate(self, n: int) -> None:
         if n < self.lowest_truncation():

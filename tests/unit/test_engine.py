@@ -11,9 +11,10 @@ import pytest
 
 from engine.backends.torch_backend import TorchBackend
 from engine.generate import SamplingParams, generate
+from engine.jobs import Job
 from engine.protocol import CompleteParams, ContextChunk, ErrorCode, ProtocolError, Sampling, parse_params
 from engine.scheduler import Scheduler
-from engine.service import Engine, EngineConfig, Job, line_cut
+from engine.service import Engine, EngineConfig, line_cut
 from engine.speculative import NO_SPECULATION, SpecConfig, greedy_decode, prompt_lookup
 from engine.tokenizer import Tokenizer
 

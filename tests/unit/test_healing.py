@@ -5,8 +5,9 @@ import pytest
 
 from engine.backends.torch_backend import TorchBackend
 from engine.healing import TokenHealer
+from engine.jobs import Job
 from engine.protocol import CompleteParams, Sampling
-from engine.service import Engine, EngineConfig, Job
+from engine.service import Engine, EngineConfig
 from engine.tokenizer import Tokenizer
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.jobs import Job
 from engine.protocol import ErrorCode, ProtocolError, parse_params
 from engine.remote import RemoteEngine
-from engine.service import Job
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret"
@@ -188,7 +188,7 @@ def test_fim_completion_uses_the_fim_layout_with_repository_context(served):
     # token healing takes the prefix's last token out of the prompt (engine/healing.py)
     healed = dataclasses.replace(pieces, prefix=pieces.prefix[:-1])
     want_ids = assemble(served.tok, healed)
-    assert served.engine.records[-1]["method"] == "complete"
+    assert served.engine.stats()["recent"][-1]["method"] == "complete"
     assert out["usage"]["prompt_tokens"] == len(want_ids)
     assert out["usage"]["completion_tokens"] == 12 and out["choices"][0]["finish_reason"] == "length"
     local, _ = served.local("complete", {"prefix": PREFIX, "suffix": SUFFIX, "context": CONTEXT,
@@ -201,7 +201,7 @@ def test_completion_without_suffix_is_plain_generation(served):
     status, _, raw = request(served.port, "POST", "/v1/completions", body)
     out = json.loads(raw)
     assert status == 200
-    assert served.engine.records[-1]["method"] == "generate"
+    assert served.engine.stats()["recent"][-1]["method"] == "generate"
     assert out["usage"]["prompt_tokens"] == len(served.tok.encode(PREFIX))
     assert (
         out["choices"][0]["text"] == served.local("generate", {"prompt": PREFIX, "max_tokens": 8})[0]["text"]
@@ -322,13 +322,13 @@ def test_raw_http_body_limit_chunked_bodies_pipelining_and_http10(served):
 
 
 def test_client_disconnect_mid_stream_cancels_the_job(served):
-    before = served.engine.totals["cancelled"]
+    before = served.engine.stats()["totals"]["cancelled"]
     body = json.dumps({"prompt": PREFIX, "max_tokens": 400, "temperature": 0, "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", served.port), timeout=30) as s:
         s.sendall(raw_request(body, Content_Length=len(body)))
         assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
-    wait_for(lambda: served.engine.totals["cancelled"] == before + 1)
-    record = served.engine.records[-1]
+    wait_for(lambda: served.engine.stats()["totals"]["cancelled"] == before + 1)
+    record = served.engine.stats()["recent"][-1]
     assert record["stopped"] == "cancelled" and record["generated_tokens"] < 400
 
 
@@ -362,7 +362,7 @@ def test_remote_results_equal_the_engine(served):
     fim.pop("max_tokens")
     warm = remote.execute(remote_job("prefill", fim)[0])
     assert warm["stopped"] == "done" and warm["prompt_tokens"] == local["cache"]["prompt_tokens"]
-    assert remote.totals["requests"] == 4 and remote.stats()["totals"]["generated_tokens"] >= 40
+    assert remote.stats()["totals"]["requests"] == 4 and remote.stats()["totals"]["generated_tokens"] >= 40
 
 
 def test_remote_cancel_stops_the_stream_and_the_server_job(served):
@@ -370,7 +370,7 @@ def test_remote_cancel_stops_the_stream_and_the_server_job(served):
 
     remote = RemoteEngine(served.url, token=TOKEN, model=served.engine.handshake()["model_id"])
     scheduler = Scheduler(remote)
-    before = served.engine.totals["cancelled"]
+    before = served.engine.stats()["totals"]["cancelled"]
     parts, done = [], threading.Event()
     answer = {}
 
@@ -389,8 +389,8 @@ def test_remote_cancel_stops_the_stream_and_the_server_job(served):
     assert done.wait(10)
     assert answer["error"].code == ErrorCode.CANCELLED and len(parts) == 1
     assert time.monotonic() - t0 < 2.0
-    wait_for(lambda: served.engine.totals["cancelled"] == before + 1)
-    assert remote.records[-1]["stopped"] == "cancelled"
+    wait_for(lambda: served.engine.stats()["totals"]["cancelled"] == before + 1)
+    assert remote.stats()["recent"][-1]["stopped"] == "cancelled"
     scheduler.shutdown()
 
 

@@ -15,10 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine.http import split_repo_context
+from engine.jobs import Job
+from engine.prompt import render_text as render_prompt
+from engine.prompt import split_text as split_repo_context
 from engine.protocol import ErrorCode, ProtocolError, parse_params
-from engine.remote import RemoteEngine, _sse_events, render_prompt
-from engine.service import Job
+from engine.remote import RemoteEngine, _sse_events
 
 
 def fim(**kw):
@@ -46,8 +47,9 @@ def test_fim_template_fills_prefix_and_suffix_once():
 
 
 def test_context_by_key_only_is_refused():
-    with pytest.raises(ProtocolError, match="keeps no chunks by key"):
+    with pytest.raises(ProtocolError, match="has no text") as e:
         render_prompt(fim(context=[{"path": "a.py", "key": "k1"}]))
+    assert e.value.code == ErrorCode.UNKNOWN_CONTEXT_KEY
 
 
 def test_sse_parser_reads_comments_crlf_and_multiline_data():

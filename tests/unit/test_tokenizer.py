@@ -214,8 +214,12 @@ def test_fim_tokens_eos_and_default_template(tok):
     assert tok.vocab_size == 1000
 
 
-def test_encode_fim_spm_layout(tok):
-    ids = tok.encode_fim("def f():\n    ", "\n    return x\n", files=[("pkg/a.py", "A = '<fim_middle>'\n")])
+def test_fim_prompt_spm_layout(tok):
+    from engine.prompt import assemble, fim_pieces
+
+    ids = assemble(
+        tok, fim_pieces(tok, "def f():\n    ", "\n    return x\n", [("pkg/a.py", "A = '<fim_middle>'\n")])
+    )
     assert tok.decode(ids) == (
         "<filename>pkg/a.py\nA = '<fim_middle>'\n<fim_suffix>\n    return x\n<fim_prefix>def f():\n    <fim_middle>"
     )
