@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .inputs import Inputs
@@ -158,28 +159,49 @@ async def _bind_unix(path: str, dispatcher: Dispatcher) -> asyncio.AbstractServe
     return server
 
 
-def load_engine(a: argparse.Namespace) -> Executor:
-    """What executes jobs: a local model, or a remote OpenAI-compatible server."""
+def load_model(spec, a: argparse.Namespace) -> Executor:
+    """One model: a local folder (its backend, tokenizer and caches) or a remote server."""
     from .service import Engine, EngineConfig
     from .speculative import NO_SPECULATION, SpecConfig
 
-    if a.remote:
+    if spec.url is not None:
         from .remote import RemoteEngine
 
-        return RemoteEngine(a.remote, token=os.environ.get("MELLUM_REMOTE_TOKEN"), model=a.remote_model,
+        return RemoteEngine(spec.url, token=os.environ.get("MELLUM_REMOTE_TOKEN"), model=a.remote_model,
                             timeout=a.remote_timeout, fim_template=a.remote_fim_template)  # fmt: skip
     from .backends import load_backend
     from .tokenizer import Tokenizer
 
-    model_dir = a.model
-    if model_dir is None:
-        from .embedded import embedded_model_dir
+    backend = load_backend(spec.path, a.backend, threads=a.threads)
+    spec_config = NO_SPECULATION if a.no_spec else SpecConfig(mtp_drafts=a.mtp_drafts)
+    config = EngineConfig(cache_mb=a.cache_mb, margin=a.margin, spec=spec_config)
+    return Engine(backend, Tokenizer.from_folder(spec.path), config)
 
-        model_dir = str(embedded_model_dir())
-    backend = load_backend(model_dir, a.backend, threads=a.threads)
-    spec = NO_SPECULATION if a.no_spec else SpecConfig(mtp_drafts=a.mtp_drafts)
-    config = EngineConfig(cache_mb=a.cache_mb, margin=a.margin, spec=spec)
-    return Engine(backend, Tokenizer.from_folder(model_dir), config)
+
+def load_engine(a: argparse.Namespace) -> Executor:
+    """What executes jobs: the completion model and the chat model (the same one unless a chat
+    model is configured), each a local folder or a remote OpenAI-compatible server."""
+    from .models import Models, ModelSpec
+
+    if a.remote:
+        completion = ModelSpec(url=a.remote)
+    else:
+        model_dir = a.model
+        if model_dir is None:
+            from .embedded import embedded_model_dir
+
+            model_dir = str(embedded_model_dir())
+        elif not (Path(model_dir) / "config.json").is_file():
+            raise ValueError(f"--model {model_dir!r} is not a model folder (no config.json there)")
+        completion = ModelSpec(path=model_dir)
+    chat = None
+    if a.chat_remote:
+        chat = ModelSpec(url=a.chat_remote)
+    elif a.chat_model:
+        if not (Path(a.chat_model) / "config.json").is_file():
+            raise ValueError(f"--chat-model {a.chat_model!r} is not a model folder (no config.json there)")
+        chat = ModelSpec(path=a.chat_model)
+    return Models(completion, chat, lambda spec: load_model(spec, a), a.memory_mb, a.cache_mb)
 
 
 async def run(a: argparse.Namespace) -> int:
@@ -256,7 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote-fim-template", help="FIM prompt with {prefix} and {suffix}, for servers without suffix"
     )
     p.add_argument("--remote-timeout", type=float, default=60.0, help="seconds to wait for the remote server")
-    p.add_argument("--cache-mb", type=float, default=1024.0, help="KV prefix-cache budget in MiB")
+    p.add_argument("--chat-model", metavar="DIR", help="model folder for chat and edits (default: --model)")
+    p.add_argument("--chat-remote", metavar="URL", help="OpenAI-compatible server for chat and edits")
+    p.add_argument(
+        "--memory-mb", type=float, default=None,
+        help="memory budget for loaded models (weights + KV cache); the least recently used is evicted",
+    )  # fmt: skip
+    p.add_argument("--cache-mb", type=float, default=1024.0, help="KV prefix-cache budget in MiB per model")
     p.add_argument("--margin", type=int, default=256, help="sliding-window rollback margin in tokens")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-spec", action="store_true", help="disable speculative decoding")
@@ -275,6 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return asyncio.run(run(a))
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, MemoryError) as e:
         print(f"engine: error: {e}", file=sys.stderr)
         return 1
