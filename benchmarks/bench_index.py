@@ -427,7 +427,7 @@ def run(n_files: int, workers: int | None, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="mellum-lsp bench index", description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=None, help="index build processes (default: auto)")
     ap.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,9 @@ reaches the requested size. Typed-along serving is off and the debounce is 0, so
 keystroke goes to the engine; the first warm keystroke (which fills the cache) is excluded.
 
 `--json` prints {"keystroke": [{"context_tokens", "warm_p50_ms", "warm_p95_ms", "cold_p50_ms",
-"cold_p95_ms", "speedup_p50", "reused_share", ...}], ...}.
+"cold_p95_ms", "speedup_p50", "reused_share", "rpc_bytes_per_keystroke", ...}], ...}. The default
+sizes end at the largest context the model allows; the cold server is measured only up to
+`--cold-max` tokens (a cold keystroke at 32K takes seconds on this machine).
 """
 
 from __future__ import annotations
@@ -150,6 +152,15 @@ class Server:
         await self.client.stop()
 
 
+def largest_context(model: str | None) -> int:
+    """The model's context length (its config's max_position_embeddings)."""
+    if model is None:
+        from engine.embedded import embedded_model_dir
+
+        model = str(embedded_model_dir())
+    return int(json.loads((Path(model) / "config.json").read_text())["max_position_embeddings"])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -173,7 +184,8 @@ async def measure_size(size: int, a, root: Path, target: Path, ratio: float, soc
     base = {"completion": {"debounceMs": 0, "maxTokens": a.max_tokens, "typedAlong": False, "deadlineMs": 0,
                            "multiline": False},
             "context": {"budgetTokens": budget}, "model": {"path": a.model}}  # fmt: skip
-    servers = {k: Server(k, root, base | {"engine": {"socket": str(s)}}) for k, s in sockets.items()}
+    kinds = sockets if size <= a.cold_max else {"warm": sockets["warm"]}
+    servers = {k: Server(k, root, base | {"engine": {"socket": str(s)}}) for k, s in kinds.items()}
     rows: dict[str, list[tuple[float, dict]]] = {"warm": [], "cold": []}
     try:
         for server in servers.values():
@@ -199,6 +211,7 @@ async def measure_size(size: int, a, root: Path, target: Path, ratio: float, soc
 
     warm_ms = [ms for ms, _ in warm]
     cold_ms = [ms for ms, _ in cold]
+    wire = [m["rpc_bytes"] for _, m in warm if m.get("rpc_bytes")]
     prompt_tokens = [((m.get("cache") or {}).get("prompt_tokens") or 0) for _, m in warm + cold]
     served: dict[str, int] = {}
     for _, m in warm:
@@ -212,11 +225,12 @@ async def measure_size(size: int, a, root: Path, target: Path, ratio: float, soc
         ),
         "warm_p50_ms": round(statistics.median(warm_ms), 2),
         "warm_p95_ms": round(percentile(warm_ms, 0.95), 2),
-        "cold_p50_ms": round(statistics.median(cold_ms), 2),
-        "cold_p95_ms": round(percentile(cold_ms, 0.95), 2),
+        "cold_p50_ms": round(statistics.median(cold_ms), 2) if cold_ms else None,
+        "cold_p95_ms": round(percentile(cold_ms, 0.95), 2) if cold_ms else None,
         "first_keystroke_ms": round(rows["warm"][0][0], 2),
-        "speedup_p50": round(statistics.median(cold_ms) / statistics.median(warm_ms), 2),
+        "speedup_p50": round(statistics.median(cold_ms) / statistics.median(warm_ms), 2) if cold_ms else None,
         "reused_share": round(share(warm), 4),
+        "rpc_bytes_per_keystroke": round(statistics.median(wire)) if wire else None,
         "cold_reused_share": round(share(cold), 4),
         "keystrokes": len(warm),
         "warm_served": served,
@@ -251,13 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mellum-lsp bench lsp", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: the embedded model)")
     p.add_argument("--backend", choices=["auto", "torch", "ort"], default="auto")
-    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 8192],
-                   help="prompt sizes in tokens")  # fmt: skip
+    p.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="prompt sizes in tokens (default: 2048, 8192 and the largest the model allows)",
+    )
+    p.add_argument("--cold-max", type=int, default=8192, help="largest size also measured cold")  # fmt: skip
     p.add_argument("--keys", type=int, default=12, help="keystrokes per size (after the first)")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens generated per suggestion")
     p.add_argument("--modules", type=int, default=40, help="modules in the synthetic workspace")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.sizes is None:
+        a.sizes = [2048, 8192, largest_context(a.model) - a.max_tokens - 256]
     result = asyncio.run(run(a))
     if a.json:
         print(json.dumps(result))
@@ -267,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'prompt':>8} {'warm p50':>9} {'warm p95':>9} {'cold p50':>9} {'cold p95':>9} {'speedup':>8} {'reused':>7}"
+        f" {'bytes/key':>9}"
     )
     for r in result["keystroke"]:
-        print(f"{r['context_tokens']:>8} {r['warm_p50_ms']:>7.1f}ms {r['warm_p95_ms']:>7.1f}ms "
-              f"{r['cold_p50_ms']:>7.1f}ms {r['cold_p95_ms']:>7.1f}ms {r['speedup_p50']:>7.1f}x "
-              f"{r['reused_share']:>6.1%}")  # fmt: skip
+        cold = (f"{r['cold_p50_ms']:>7.1f}ms {r['cold_p95_ms']:>7.1f}ms {r['speedup_p50']:>7.1f}x"
+                if r["cold_p50_ms"] is not None else f"{'-':>9} {'-':>9} {'-':>8}")  # fmt: skip
+        print(f"{r['context_tokens']:>8} {r['warm_p50_ms']:>7.1f}ms {r['warm_p95_ms']:>7.1f}ms {cold} "
+              f"{r['reused_share']:>6.1%} {r['rpc_bytes_per_keystroke'] or 0:>9}")  # fmt: skip
     return 0
 
 

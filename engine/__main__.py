@@ -1,10 +1,11 @@
-"""``python -m engine``: generate, plan, serve."""
+"""``python -m engine``: generate, chat, plan, serve."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .model.config import PRESETS
 
@@ -84,6 +85,52 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(a: argparse.Namespace) -> int:
+    """One question to the chat model, the answer streamed to the terminal as it decodes."""
+    from .jobs import Job
+    from .models import ModelSpec
+    from .protocol import ProtocolError, parse_params
+    from .server import build_parser as serve_parser
+    from .server import load_model
+
+    spec = ModelSpec(url=a.remote) if a.remote else ModelSpec(path=a.model or default_model_dir())
+    if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
+        print(f"error: --model {spec.path!r} is not a model folder (no config.json there)", file=sys.stderr)
+        return 2
+    serve_args = ["--backend", a.backend] + (["--threads", str(a.threads)] if a.threads else [])
+    executor = load_model(spec, serve_parser().parse_args(serve_args))
+    messages = ([{"role": "system", "content": a.system}] if a.system else []) + [
+        {"role": "user", "content": a.question}
+    ]
+    try:
+        params = parse_params("chat", {"messages": messages, "max_tokens": a.max_tokens,
+                                       "temperature": a.temperature, "stream": not a.json})  # fmt: skip
+    except ProtocolError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    shown = {"reasoning": False}
+
+    def emit(partial: dict) -> None:
+        if partial.get("reasoning"):
+            shown["reasoning"] = True
+            sys.stderr.write(partial["reasoning"])
+        else:
+            sys.stdout.write(partial.get("text", ""))
+        sys.stdout.flush()
+
+    job = Job(1, "chat", params, emit, lambda r, e: None)
+    try:
+        result = executor.execute(job)
+    except ProtocolError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print()
+    return 0
+
+
 def cmd_plan(a: argparse.Namespace) -> int:
     from .plan import format_plan, load_config, make_plan
 
@@ -119,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="ask the chat model one question (the answer streams)")
+    c.add_argument("question")
+    c.add_argument("--model", help="model folder (default: the embedded model)")
+    c.add_argument("--remote", metavar="URL", help="an OpenAI-compatible server instead of a folder")
+    c.add_argument("--system", help="a system message")
+    c.add_argument("--max-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0)
+    c.add_argument("--backend", choices=["auto", "torch", "ort"], default="auto")
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
+    c.set_defaults(func=cmd_chat)
 
     pl = sub.add_parser("plan", help="weight and KV-cache memory of a config")
     pl.add_argument(

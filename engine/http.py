@@ -1,17 +1,16 @@
 """OpenAI-compatible HTTP/1.1 front end of the engine, on asyncio streams.
 
-Routes: ``GET /health``; ``GET /v1/models`` (one model); ``POST /v1/completions``: with ``suffix`` it
-is FIM through the engine's ``complete`` (a prompt that opens with ``<filename>{path}\\n{text}``
-blocks gives them back as repository context and the current file's path, the way a Mellum
-tokenizer reads them), without ``suffix`` it is ``generate``; ``POST /v1/chat/completions``
-(``generate`` with ``messages``). Defaults follow OpenAI (``max_tokens`` 16, ``temperature`` 1).
-``stream: true`` answers with server-sent events in chunked encoding, ending in ``data: [DONE]``.
+Routes: ``GET /health``; ``GET /v1/models`` (one model); ``POST /v1/completions`` (FIM with
+``suffix``) and ``POST /v1/chat/completions`` (tools, tool_choice, response_format), their bodies
+read by ``engine.openai``. ``stream: true`` answers with server-sent events in chunked encoding,
+ending in ``data: [DONE]``; a chat stream carries ``reasoning_content`` deltas for a Thinking
+model's trace and the ``tool_calls`` once they are parsed.
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "code"}}``. Connections stay open
 between requests (HTTP/1.1 keep-alive) unless the client sends ``Connection: close``; a client
 that goes away mid-request cancels its job. With a token, ``/v1/*`` needs
 ``Authorization: Bearer <token>`` (``/health`` stays open, as in vLLM). Offers
-``start_http_server`` and the pure helpers ``completion_request`` and ``chat_request``.
+``start_http_server``.
 """
 
 from __future__ import annotations
@@ -27,146 +26,21 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from .prompt import split_text
-from .protocol import ErrorCode, ProtocolError, parse_params
+from .openai import (
+    HttpError,
+    chat_message,
+    chat_request,
+    completion_request,
+    finish_reason,
+    from_protocol,
+    usage,
+)
 
 log = logging.getLogger("engine.http")
 
 MAX_BODY = 8 * 2**20  # bytes of a request body
 MAX_HEAD = 64 * 2**10  # bytes of a request line plus headers
 IDLE_TIMEOUT = 75.0  # seconds a kept-alive connection may wait for its next request
-
-# OpenAI fields we accept and ignore, and fields we accept only with their default meaning.
-_IGNORED = {"model", "user", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "stream_options"}
-_ONLY = {
-    "n": (1,),
-    "best_of": (1,),
-    "echo": (False,),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-}
-# engine error code -> (HTTP status, OpenAI-style error code); anything else is a 500 "internal".
-_STATUS_OF_CODE = {
-    ErrorCode.PARSE_ERROR: (400, "invalid_request"),
-    ErrorCode.INVALID_REQUEST: (400, "invalid_request"),
-    ErrorCode.INVALID_PARAMS: (400, "invalid_params"),
-    ErrorCode.CANCELLED: (503, "cancelled"),
-    ErrorCode.SUPERSEDED: (409, "superseded"),
-    ErrorCode.UNAVAILABLE: (503, "unavailable"),
-}
-
-
-class HttpError(Exception):
-    """An answer other than 2xx; ``close`` when the connection cannot be reused (body unread)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str | None = None,
-        close: bool = False,
-        headers: dict | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.close = status, message, code, close
-        self.headers: dict[str, str] = headers or {}
-
-    def body(self) -> dict:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "code": self.code}}
-
-
-def _from_protocol(e: ProtocolError) -> HttpError:
-    status, code = _STATUS_OF_CODE.get(e.code, (500, "internal"))
-    return HttpError(status, e.message, code=code)
-
-
-# ---- request bodies -> engine parameters (pure) ------------------------------------------------
-
-
-def _sampling(body: dict, own: set[str]) -> dict[str, Any]:
-    """Sampling fields for ``parse_params``, with OpenAI's defaults; ``own`` are the route's other fields."""
-    for name, allowed in _ONLY.items():
-        if body.get(name) is not None and body[name] not in allowed:
-            raise HttpError(
-                400, f"{name}={body[name]!r} is not supported; expected {allowed[0]!r}", "invalid_params"
-            )
-    out: dict[str, Any] = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "stream": False}
-    given = {"max_tokens": body.get("max_tokens", body.get("max_completion_tokens"))}
-    given |= {name: body.get(name) for name in ("temperature", "top_p", "stream", "stop")}
-    out |= {name: value for name, value in given.items() if value is not None}
-    for name in sorted(set(body) - own - _IGNORED - set(_ONLY) - set(given) - {"max_completion_tokens"}):
-        log.debug("ignoring unsupported request field %r", name)
-    return out
-
-
-def _parse(method: str, params: dict) -> Any:
-    try:
-        return parse_params(method, params)
-    except ProtocolError as e:
-        raise _from_protocol(e) from None
-
-
-def completion_request(body: dict) -> tuple[str, Any]:
-    """(engine method, parsed params) of a ``/v1/completions`` body."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise HttpError(
-            400, "prompt must be a string (token ids and batches are not supported)", "invalid_params"
-        )
-    sampling = _sampling(body, {"prompt", "suffix"})
-    suffix = body.get("suffix")
-    if suffix is None:
-        return "generate", _parse("generate", {"prompt": prompt, **sampling})
-    if not isinstance(suffix, str):
-        raise HttpError(400, f"suffix must be a string, got {type(suffix).__name__}", "invalid_params")
-    context, path, prefix = split_text(prompt)
-    params = {"prefix": prefix, "suffix": suffix, "context": context, "path": path, **sampling}
-    return "complete", _parse("complete", params)
-
-
-def _message_text(i: int, content: Any) -> Any:
-    """A message's content as text: a string, or the text parts of a list of parts."""
-    if not isinstance(content, list):
-        return content
-    texts = []
-    for part in content:
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            raise HttpError(400, f"messages[{i}].content: only text parts are supported", "invalid_params")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-def chat_request(body: dict) -> tuple[str, Any]:
-    """(engine method, parsed params) of a ``/v1/chat/completions`` body."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise HttpError(400, "messages must be a non-empty list of {role, content}", "invalid_params")
-    if body.get("tools"):
-        raise HttpError(400, "tools are not supported", "invalid_params")
-    plain = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise HttpError(400, f"messages[{i}] must be an object, got {type(m).__name__}", "invalid_params")
-        plain.append({"role": m.get("role"), "content": _message_text(i, m.get("content"))})
-    sampling = _sampling(body, {"messages", "tools", "tool_choice", "parallel_tool_calls"})
-    return "generate", _parse("generate", {"messages": plain, **sampling})
-
-
-def _finish_reason(stopped: str) -> str:
-    return "length" if stopped in ("length", "deadline") else "stop"
-
-
-def _usage(result: dict) -> dict | None:
-    cache = result.get("cache") or {}
-    if result.get("served") == "typed_ahead" or "prompt_tokens" not in cache:
-        return None  # answered from an earlier suggestion: no counts for this request
-    prompt, completion = cache["prompt_tokens"], result.get("tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cache.get("reused_tokens", 0)}}  # fmt: skip
-
 
 # ---- the connection ------------------------------------------------------------------------------
 
@@ -477,7 +351,7 @@ class HttpServer:
             watch.cancel()
             self.d.last_activity = time.monotonic()
         if error is not None:
-            return await answer.fail(_from_protocol(error))
+            return await answer.fail(from_protocol(error))
         return await answer.finish(result)
 
 
@@ -503,11 +377,16 @@ class _Answer:
         chunk = f"{len(data):X}\r\n".encode() + data + b"\r\n" if data else b""
         return chunk + (b"0\r\n\r\n" if last else b"")
 
-    def _chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict:
+    def _chunk(
+        self, text: str | None, finish: str | None, role: bool = False, delta: dict | None = None
+    ) -> dict:
         if self.chat:
-            delta = (
-                {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-            )
+            if delta is None:
+                delta = (
+                    {"role": "assistant", "content": ""}
+                    if role
+                    else ({} if text is None else {"content": text})
+                )
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
             kind = "chat.completion.chunk"
         else:
@@ -533,6 +412,10 @@ class _Answer:
         await self.conn.write(_head(200, headers) + self._frame(first))
 
     async def partial(self, partial: dict) -> None:
+        if partial.get("reasoning") and self.chat:
+            await self._start()
+            delta = {"reasoning_content": partial["reasoning"]}
+            await self.conn.write(self._frame(_sse(self._chunk(None, None, delta=delta))))
         self.got += partial.get("text", "")
         upto = len(self.got) - self.holdback
         if upto > self.sent:
@@ -548,31 +431,30 @@ class _Answer:
         return self.req.keep_alive
 
     async def finish(self, result: dict) -> bool:
-        text, finish, usage = result["text"], _finish_reason(result["stopped"]), _usage(result)
+        text, finish, counts = result["text"], finish_reason(result), usage(result)
         keep = self.req.keep_alive
         if not self.stream:
             if self.chat:
-                choice = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
-                }
+                choice = {"index": 0, "message": chat_message(result), "finish_reason": finish}
                 kind = "chat.completion"
             else:
                 choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
                 kind = "text_completion"
             obj = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                   "choices": [choice], "usage": usage}  # fmt: skip
+                   "choices": [choice], "usage": counts}  # fmt: skip
             await _send_json(self.conn, 200, obj, keep)
             return keep
         await self._start()
         sent_text = self.got[: self.sent]
         rest = text[len(sent_text) :] if text.startswith(sent_text) else ""
         out = _sse(self._chunk(rest, None)) if rest else b""
+        if self.chat and result.get("tool_calls"):
+            calls = [dict(c, index=i) for i, c in enumerate(result["tool_calls"])]
+            out += _sse(self._chunk(None, None, delta={"tool_calls": calls}))
         out += _sse(self._chunk(None, finish))
         if self.include_usage:
             out += _sse({"id": self.id, "object": self._chunk(None, None)["object"], "created": self.created,
-                         "model": self.model, "choices": [], "usage": usage})  # fmt: skip
+                         "model": self.model, "choices": [], "usage": counts})  # fmt: skip
         await self.conn.write(self._frame(out + _sse(b"[DONE]"), last=True))
         return keep
 

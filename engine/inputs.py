@@ -1,6 +1,7 @@
 """What the engine remembers of its clients' inputs, so a keystroke costs O(change) on the wire.
 
-- Context chunk texts by key: a client sends a chunk's text once and its key afterwards.
+- Context chunk texts by key: a client sends a chunk's text once and its key afterwards; and
+  whole context lists by ``context_ref``: a list sent with a ref is named by the ref afterwards.
 - Each document's last text by version: a client sends the edit since a version the engine
   holds (or the full text when it holds none, e.g. after a restart) and the cursor offset.
 
@@ -47,13 +48,27 @@ class Inputs:
     def __init__(self, chunk_entries: int = 4096, documents: int = 256, chars: int = 64 * 2**20) -> None:
         self._chunks = _Bounded(chunk_entries, chars)  # key -> text
         self._docs = _Bounded(documents, chars)  # document -> (version, text)
+        self._lists = _Bounded(documents, 2**40)  # context_ref -> the chunks (keys and paths)
 
     def resolve(self, p: Any) -> Any:
         if not isinstance(p, CompleteParams | PrefillParams):
             return p
         changes: dict[str, Any] = {}
-        if p.context:
-            changes["context"] = tuple(self._chunk(c) for c in p.context)
+        context = p.context
+        if p.context_ref is not None:
+            if context:
+                self._lists.put(p.context_ref, tuple((c.path, chunk_key(c)) for c in context), len(context))
+            else:
+                listed = self._lists.take(p.context_ref)
+                if listed is None:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_CONTEXT_KEY,
+                        f"unknown context_ref {p.context_ref!r}; send its chunks",
+                    )
+                context = tuple(ContextChunk(path, None, key) for path, key in listed)
+            changes["context_ref"] = None
+        if context:
+            changes["context"] = tuple(self._chunk(c) for c in context)
         if p.doc is not None:
             text = self._document(p.document, p.doc)
             if p.offset > len(text):

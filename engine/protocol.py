@@ -7,11 +7,13 @@ Frames are length-prefixed msgpack maps (see ``engine.rpc``). A request is
 then exactly one ``{id, result}`` or ``{id, error: {code, message}}``. A request without ``id``
 is a notification and gets no answer.
 
-Methods: ``handshake``, ``complete`` (FIM), ``generate`` (raw prompt or chat), ``prefill``
-(warm the cache, no output), ``cancel``, ``stats``, ``shutdown``.
+Methods: ``handshake``, ``complete`` (FIM), ``generate`` (raw prompt or chat), ``chat`` (a
+conversation with the chat model: tools, tool calls, constrained output, reasoning as its own
+channel), ``prefill`` (warm the cache, no output), ``cancel``, ``stats``, ``shutdown``.
 
 The engine remembers what a client sent so that a keystroke costs O(change) on the wire: context
-chunks by ``key`` (send the text once) and each document's text by ``version`` — a ``complete``
+chunks by ``key`` (send the text once), a list of chunks by ``context_ref`` (send the list once:
+with it a request lists the ref and no chunks) and each document's text by ``version`` — a ``complete``
 or ``prefill`` may give ``doc`` (the document's text in full, or as one edit of a version the
 engine holds) and the cursor ``offset`` in place of ``prefix``/``suffix``. When the engine does not
 hold what a request refers to (after a restart, or an eviction) it answers UNKNOWN_CONTEXT_KEY or
@@ -25,7 +27,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
-METHODS = ("handshake", "complete", "generate", "prefill", "cancel", "stats", "shutdown")
+METHODS = ("handshake", "complete", "generate", "chat", "prefill", "cancel", "stats", "shutdown")
+MAX_MESSAGES = 512
+MAX_TOOLS = 128
 
 
 class ErrorCode:
@@ -106,11 +110,13 @@ class Sampling:
 class CompleteParams:
     prefix: str
     suffix: str = ""
-    context: tuple[ContextChunk, ...] = ()
+    context: tuple[ContextChunk, ...] = ()  # or, once sent, the same list by ``context_ref``
     path: str | None = None  # the current file's workspace-relative path, shown to the model
     document: str | None = None  # a stable id (the URI): requests for it supersede each other
     sampling: Sampling = field(default_factory=Sampling)
     delay_ms: float = 0.0  # the client's debounce: wait this long unless a newer request comes
+    typed_ahead: bool = True  # may be answered from the last suggestion the user is typing along
+    context_ref: str | None = None  # a context list sent before with this ref (engine.inputs)
     doc: DocumentText | None = None  # in place of prefix/suffix, with ``offset``
     offset: int | None = None
 
@@ -124,6 +130,27 @@ class GenerateParams:
 
 
 @dataclass(frozen=True)
+class ChatParams:
+    """A chat turn: OpenAI-shaped ``messages`` (system/user/assistant/tool; assistant messages may
+    carry ``tool_calls`` and ``reasoning_content``), ``tools`` and ``tool_choice``, an output
+    constraint (``response_format`` or a Lark ``grammar``), and ``conversation``: an id whose
+    previous turn's KV cache the next turn reuses. The chat path checks the deep structure."""
+
+    messages: tuple[dict, ...]
+    tools: tuple[dict, ...] = ()
+    tool_choice: Any = None
+    response_format: dict | None = None
+    grammar: str | None = None
+    conversation: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def document(self) -> str | None:
+        """The prefix-cache key of the conversation (never superseded by completions)."""
+        return None if self.conversation is None else f"chat:{self.conversation}"
+
+
+@dataclass(frozen=True)
 class PrefillParams:
     prefix: str = ""
     suffix: str = ""
@@ -132,6 +159,7 @@ class PrefillParams:
     document: str | None = None
     doc: DocumentText | None = None
     offset: int | None = None
+    context_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +169,7 @@ class CancelParams:
 
 
 _SAMPLING_FIELDS = {f.name for f in fields(Sampling)}
-_FIM_FIELDS = {"prefix", "suffix", "context", "path", "document", "doc", "offset"}
+_FIM_FIELDS = {"prefix", "suffix", "context", "context_ref", "path", "document", "doc", "offset"}
 
 
 def _sampling(p: dict[str, Any], method: str) -> Sampling:
@@ -194,6 +222,42 @@ def _context(p: dict[str, Any], method: str) -> tuple[ContextChunk, ...]:
 
 
 MAX_DELAY_MS = 5000.0
+
+
+def _chat(p: dict[str, Any], method: str) -> ChatParams:
+    fields_ = {"messages", "tools", "tool_choice", "response_format", "grammar", "conversation"}
+    _no_unknown(p, fields_ | _SAMPLING_FIELDS, method)
+    messages = _check(p.get("messages"), (list, tuple), "messages", method)
+    if not messages or len(messages) > MAX_MESSAGES:
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS, f"{method}: messages must hold 1..{MAX_MESSAGES} messages"
+        )
+    for i, m in enumerate(messages):
+        _check(m, dict, f"messages[{i}]", method)
+        _check(m.get("role"), str, f"messages[{i}].role", method)
+    tools = _check(p.get("tools") or [], (list, tuple), "tools", method)
+    if len(tools) > MAX_TOOLS:
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS, f"{method}: at most {MAX_TOOLS} tools, got {len(tools)}"
+        )
+    for i, t in enumerate(tools):
+        _check(t, dict, f"tools[{i}]", method)
+    if p.get("tool_choice") is not None:
+        _check(p["tool_choice"], (str, dict), "tool_choice", method)
+    if p.get("response_format") is not None:
+        _check(p["response_format"], dict, "response_format", method)
+    grammar = _opt_str(p, "grammar", method)
+    if grammar is not None and p.get("response_format") is not None:
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: give response_format or grammar, not both")
+    return ChatParams(
+        messages=tuple(dict(m) for m in messages),
+        tools=tuple(dict(t) for t in tools),
+        tool_choice=p.get("tool_choice"),
+        response_format=p.get("response_format"),
+        grammar=grammar,
+        conversation=_opt_str(p, "conversation", method),
+        sampling=_sampling(p, method),
+    )
 
 
 def _doc(p: dict[str, Any], method: str) -> tuple[DocumentText | None, int | None]:
@@ -255,7 +319,7 @@ def parse_params(method: str, params: Any) -> Any:
     params = {} if params is None else params
     _check(params, dict, "params", method)
     if method == "complete":
-        _no_unknown(params, _FIM_FIELDS | {"delay_ms"} | _SAMPLING_FIELDS, method)
+        _no_unknown(params, _FIM_FIELDS | {"delay_ms", "typed_ahead"} | _SAMPLING_FIELDS, method)
         doc, offset = _doc(params, method)
         delay = _check(params.get("delay_ms", 0.0), float, "delay_ms", method)
         if not 0 <= delay <= MAX_DELAY_MS:
@@ -270,8 +334,10 @@ def parse_params(method: str, params: Any) -> Any:
             document=_opt_str(params, "document", method),
             sampling=_sampling(params, method),
             delay_ms=delay,
+            typed_ahead=_check(params.get("typed_ahead", True), bool, "typed_ahead", method),
             doc=doc,
             offset=offset,
+            context_ref=_opt_str(params, "context_ref", method),
         )
     if method == "generate":
         _no_unknown(params, {"prompt", "messages", "document"} | _SAMPLING_FIELDS, method)
@@ -289,6 +355,8 @@ def parse_params(method: str, params: Any) -> Any:
             _opt_str(params, "document", method),
             _sampling(params, method),
         )
+    if method == "chat":
+        return _chat(params, method)
     if method == "prefill":
         _no_unknown(params, _FIM_FIELDS, method)
         doc, offset = _doc(params, method)
@@ -300,6 +368,7 @@ def parse_params(method: str, params: Any) -> Any:
             document=_opt_str(params, "document", method),
             doc=doc,
             offset=offset,
+            context_ref=_opt_str(params, "context_ref", method),
         )
     if method == "cancel":
         _no_unknown(params, {"id", "document"}, method)

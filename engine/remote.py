@@ -58,14 +58,29 @@ def _sse_events(resp: http.client.HTTPResponse):
                 data.append(value[1:] if value.startswith(" ") else value)
 
 
-def _choice_text(event: dict) -> tuple[str, str | None]:
-    """(text, finish_reason) of the first choice of a completion or chat event, streamed or not."""
+def _choice(event: dict) -> tuple[dict, str | None]:
+    """(delta, finish_reason) of the first choice of a completion or chat event, streamed or not:
+    ``delta`` has ``content`` and, for chat, maybe ``reasoning_content`` and ``tool_calls``."""
     choices = event.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
-    text = choice.get("text")
-    if text is None:
-        text = (choice.get("delta") or choice.get("message") or {}).get("content")
-    return text or "", choice.get("finish_reason")
+    if choice.get("text") is not None:
+        return {"content": choice["text"]}, choice.get("finish_reason")
+    delta = choice.get("delta") or choice.get("message") or {}
+    return (delta if isinstance(delta, dict) else {}), choice.get("finish_reason")
+
+
+def _merge_tool_calls(calls: dict[int, dict], deltas: Any) -> None:
+    """Add streamed ``tool_calls`` deltas (by index: id, name, pieces of arguments) to ``calls``."""
+    for i, d in enumerate(deltas if isinstance(deltas, list) else []):
+        if not isinstance(d, dict):
+            continue
+        call = calls.setdefault(d.get("index", i), {"id": None, "type": "function",
+                                                    "function": {"name": "", "arguments": ""}})  # fmt: skip
+        call["id"] = d.get("id") or call["id"]
+        fn = d.get("function") or {}
+        call["function"]["name"] += fn.get("name") or ""
+        arguments = fn.get("arguments") or ""
+        call["function"]["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 class RemoteEngine:
@@ -201,7 +216,7 @@ class RemoteEngine:
                         sock.shutdown(socket.SHUT_RDWR)
                     return
 
-    def _stream(self, job: Any, path: str, body: dict, on_text) -> tuple[str | None, dict | None]:
+    def _stream(self, job: Any, path: str, body: dict, on_delta) -> tuple[str | None, dict | None]:
         """Run one streamed request; (finish_reason, usage). Returns early when the job should stop."""
         done = threading.Event()
         watcher = threading.Thread(
@@ -228,11 +243,11 @@ class RemoteEngine:
                     error = event["error"]
                     message = error.get("message", error) if isinstance(error, dict) else error
                     raise self._error(path, f"failed while streaming: {message}")
-                text, reason = _choice_text(event)
+                delta, reason = _choice(event)
                 finish = reason or finish
                 usage = event.get("usage") or usage
-                if text:
-                    on_text(text)
+                if delta:
+                    on_delta(delta)
             else:
                 complete = not sse
         except _Stopped:
@@ -272,24 +287,44 @@ class RemoteEngine:
             if p.prompt is not None:
                 return "/completions", {"prompt": p.prompt}, p.sampling
             return "/chat/completions", {"messages": [dict(m) for m in p.messages]}, p.sampling
+        if job.method == "chat":  # the same fields, for vLLM / SGLang / our own server to enforce
+            body = {"messages": [dict(m) for m in p.messages]}
+            if p.tools:
+                body["tools"] = [dict(t) for t in p.tools]
+            if p.tool_choice is not None:
+                body["tool_choice"] = p.tool_choice
+            if p.response_format is not None:
+                body["response_format"] = p.response_format
+            if p.grammar is not None:
+                body["structured_outputs"] = {"grammar": p.grammar}  # vLLM's name for a grammar constraint
+            return "/chat/completions", body, p.sampling
         raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"a remote engine does not run {job.method!r} jobs")
 
     def execute(self, job: Any) -> dict:
         t0 = time.monotonic()
         queue_ms = (t0 - job.created) * 1e3
         path, body, s = self._request(job)
-        text, first_ms, pieces = "", None, 0
+        text, reasoning, first_ms, pieces = "", "", None, 0
+        calls: dict[int, dict] = {}
         finish = usage = None
 
-        def on_text(delta: str) -> None:
-            nonlocal text, first_ms, pieces
+        def on_delta(delta: dict) -> None:
+            nonlocal text, reasoning, first_ms, pieces
             if first_ms is None:
                 first_ms = (time.monotonic() - t0) * 1e3
-            text += delta
             pieces += 1
-            job.text = text
-            if s.stream and job.method != "prefill":
-                job.emit({"text": delta})
+            _merge_tool_calls(calls, delta.get("tool_calls"))
+            thought = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(thought, str) and thought:
+                reasoning += thought
+                if s.stream:
+                    job.emit({"reasoning": thought})
+            piece = delta.get("content")
+            if isinstance(piece, str) and piece:
+                text += piece
+                job.text = text
+                if s.stream and job.method != "prefill":
+                    job.emit({"text": piece})
 
         if s.max_tokens > 0 and not job.should_stop():
             if self.model is None:
@@ -303,7 +338,7 @@ class RemoteEngine:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
             if s.stop:
                 body["stop"] = list(s.stop)
-            finish, usage = self._stream(job, path, body, on_text)
+            finish, usage = self._stream(job, path, body, on_delta)
         total_ms = (time.monotonic() - t0) * 1e3
         stopped = job.should_stop() or ("length" if finish == "length" or s.max_tokens == 0 else "stop")
         usage = usage if isinstance(usage, dict) else {}
@@ -323,7 +358,7 @@ class RemoteEngine:
         if job.method == "prefill":
             done = "done" if stopped in ("stop", "length") else stopped
             return cache | {"stopped": done, "timing": {"total_ms": total_ms}}
-        return {
+        out = {
             "text": text,
             "tokens": tokens,
             "stopped": stopped,
@@ -337,3 +372,7 @@ class RemoteEngine:
             "cache": cache | {"source": "remote"},
             "spec": {"drafted": 0, "accepted": 0},
         }
+        if job.method == "chat":
+            out |= {"reasoning": reasoning, "tool_calls": [calls[i] for i in sorted(calls)], "tool_call_issues": [],
+                    "finish_reason": finish or ("length" if stopped == "length" else "stop")}  # fmt: skip
+        return out

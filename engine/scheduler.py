@@ -4,7 +4,8 @@
   background job yields at its next chunk when an interactive job arrives.
 - Reuse before compute (the rule itself is ``engine.reuse``): a ``complete`` whose prefix only
   adds characters that the document's last suggestion starts with is answered from it at once;
-  one that agrees with the suggestion the worker is writing now waits for it and takes its rest.
+  one that agrees with the suggestion the worker is writing now waits for it and takes its rest
+  (the older request, now stale, is answered SUPERSEDED at once; the work goes on for the newer).
 - Otherwise a new ``complete`` for a document supersedes the document's waiting, queued and
   running jobs: they are cancelled before their next token (or prefill chunk) and answered with
   SUPERSEDED. Its ``delay_ms`` (the client's debounce) is spent here, where a newer keystroke can
@@ -79,7 +80,7 @@ class Scheduler:
                 self._fail(job, ErrorCode.UNAVAILABLE, "the engine is shutting down")
                 return
             if job.method == "complete" and job.document is not None:
-                if self._serve_typed_along(job) or self._attach(job):
+                if job.params.typed_ahead and (self._serve_typed_along(job) or self._attach(job)):
                     return
                 self._supersede(job.document)
                 delay = getattr(job.params, "delay_ms", 0.0) / 1e3
@@ -131,7 +132,11 @@ class Scheduler:
         typed = follow(_shown(run.params, run.text), p.prefix, p.suffix, context_signature(p))
         if typed is None:
             return False
+        for older in [f for f in run.followers if f[0].document == job.document]:
+            run.followers.remove(older)
+            self._superseded(older[0])
         run.followers.append((job, typed))
+        self._superseded(run)  # its client asked for an older state of the document
         return True
 
     def _remember(self, document: str, shown: Shown) -> None:
@@ -151,9 +156,14 @@ class Scheduler:
                 self._superseded(j)
         run = self._running
         if run is not None and run.document == document:
+            for follower, _ in run.followers:
+                self._superseded(follower)
+            run.followers.clear()
             run.cancel("superseded")
 
     def _superseded(self, job: Job) -> None:
+        if job.finished:
+            return
         self.executor.accounting.count("superseded")
         self._fail(job, ErrorCode.SUPERSEDED, "superseded by a newer request for the same document")
 
@@ -188,6 +198,11 @@ class Scheduler:
             for j in [j for j in queue if match(j)]:
                 queue.remove(j)
                 self._cancelled(j)
+                n += 1
+        if self._running is not None:
+            for entry in [e for e in self._running.followers if match(e[0])]:
+                self._running.followers.remove(entry)
+                self._cancelled(entry[0])
                 n += 1
         return n
 
@@ -270,7 +285,8 @@ class Scheduler:
                 elif not follower.finished:  # it did not write what the user typed: compute anew
                     follower.created = time.monotonic()
                     self._enqueue(follower)
-        job.finished = True
-        job.finish(result, error)
+        if not job.finished:
+            job.finished = True
+            job.finish(result, error)
         for follower, rest in answers:
             follower.finish(rest, None)

@@ -69,7 +69,7 @@ class Dispatcher:
             if request_id is not None:
                 await conn.error(request_id, e.code, e.message)
             return
-        if method in ("complete", "generate", "prefill"):
+        if method in ("complete", "generate", "chat", "prefill"):
             await self._run(conn, request_id, method, p)
             return
         if method == "handshake":

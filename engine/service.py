@@ -16,6 +16,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from .backends.base import Backend, Sequence
 from .cache import PrefixStore
+from .conversation import ChatModel, run_chat
 from .generate import Sampler, SamplingParams, log_softmax
 from .healing import TokenHealer
 from .jobs import Job, Stats, request_record
@@ -38,7 +40,7 @@ from .protocol import (
     Sampling,
     chunk_key,
 )
-from .speculative import SpecConfig, SpecStats, greedy_decode
+from .speculative import Grammar, SpecConfig, SpecStats, greedy_decode
 from .tokenizer import Tokenizer, validate_against_vocab
 
 
@@ -102,6 +104,8 @@ class Engine:
         self._results = _Lru(self.config.result_cache_entries)  # greedy completion results by prompt
         self._context_arrays = _Lru(16)  # chunk keys -> their ids, flattened
         self.accounting = Stats()
+        self._chat: ChatModel | None = None
+        self._specials: tuple[str, ...] | None = None
         self._spec_lock = threading.Lock()
         self.spec_totals = SpecStats()
 
@@ -168,10 +172,10 @@ class Engine:
     def chat_ids(self, p: GenerateParams) -> list[int]:
         if p.prompt is not None:
             return self.tok.encode(p.prompt)
-        return self.tok.encode_chat(list(p.messages))
+        return self.chat_model().template.encode(self.tok, list(p.messages))
 
     # ---- running ---------------------------------------------------------------------------
-    def _prefill(self, job: Job, seq: Sequence, ids: list[int], upto: int) -> np.ndarray | None:
+    def prefill_to(self, job: Job, seq: Sequence, ids: list[int], upto: int) -> np.ndarray | None:
         """Extend ``seq`` with ids[len(seq.ids):upto] in chunks; the last logits, or None if stopped."""
         logits = None
         start = len(seq.ids)
@@ -183,7 +187,25 @@ class Engine:
             )
         return None if logits is None else logits[-1]
 
+    def chat_model(self) -> ChatModel:
+        """The folder's chat template, tool-call format and reasoning markers (read once)."""
+        if self._chat is None:
+            self._chat = ChatModel.from_folder(self.backend.model_dir)
+        return self._chat
+
+    def special_texts(self) -> tuple[str, ...]:
+        """The text of every special token (user text holding one is never encoded as it)."""
+        if self._specials is None:
+            self._specials = tuple(self.tok.id_to_token(i) for i in self.tok.special_ids)
+        return self._specials
+
+    def add_spec(self, spec: SpecStats) -> None:
+        with self._spec_lock:
+            self.spec_totals.add(spec)
+
     def execute(self, job: Job) -> dict:
+        if job.method == "chat":
+            return run_chat(self, job)
         t0 = time.monotonic()
         queue_ms = (t0 - job.created) * 1e3
         p = job.params
@@ -227,13 +249,13 @@ class Engine:
         t_prefill = time.monotonic()
         try:
             if stable >= self.config.snapshot_min_tokens and len(seq.ids) < stable:
-                if self._prefill(job, seq, ids, stable) is not None:
+                if self.prefill_to(job, seq, ids, stable) is not None:
                     snapshot = self.store.snapshot(seq)
             if job.method == "prefill":
-                self._prefill(job, seq, ids, len(ids))
+                self.prefill_to(job, seq, ids, len(ids))
                 text, tokens, stopped, first_ms, spec = "", [], job.should_stop() or "done", None, SpecStats()
             else:
-                logits = self._prefill(job, seq, ids, len(ids))
+                logits = self.prefill_to(job, seq, ids, len(ids))
                 prefill_ms = (time.monotonic() - t_prefill) * 1e3
                 if logits is None:
                     text, tokens, stopped, first_ms, spec = (
@@ -245,7 +267,7 @@ class Engine:
                     )
                 else:
                     logits = self.healer.mask(logits, dropped)
-                    text, tokens, stopped, first_ms, spec = self._decode(
+                    text, tokens, stopped, first_ms, spec = self.decode(
                         job, seq, logits, sampling, t0, dropped
                     )
                 result["timing_prefill_ms"] = prefill_ms
@@ -256,8 +278,7 @@ class Engine:
         record = request_record(job, len(ids), reuse.reused, reuse.source, len(tokens), stopped, queue_ms,
                                 total_ms, first_ms, snapshot=snapshot)  # fmt: skip
         self.accounting.add(record)
-        with self._spec_lock:
-            self.spec_totals.add(spec)
+        self.add_spec(spec)
         if job.method == "prefill":
             return {"prompt_tokens": len(ids), "reused_tokens": reuse.reused, "computed_tokens": computed,
                     "stopped": stopped, "timing": {"total_ms": total_ms}}  # fmt: skip
@@ -284,13 +305,24 @@ class Engine:
             self._results.get_or(result_key, lambda: out)
         return out
 
-    def _decode(
-        self, job: Job, seq: Sequence, logits: np.ndarray, s: Sampling, t0: float, dropped: bytes = b""
+    def decode(
+        self,
+        job: Job,
+        seq: Sequence,
+        logits: np.ndarray,
+        s: Sampling,
+        t0: float,
+        dropped: bytes = b"",
+        grammar: Grammar | None = None,
+        emit: Callable[[str], None] | None = None,
     ):
         """Generate after ``seq``; returns (text, tokens, stopped, first_token_ms, spec stats).
 
         ``dropped``: bytes token healing removed from the prompt; the first token starts with
-        them and they are not part of the text."""
+        them and they are not part of the text. ``grammar`` constrains every token; ``emit`` gets
+        each new piece of text (default: a ``{"text"}`` partial when streaming)."""
+        if emit is None:
+            emit = (lambda piece: job.emit({"text": piece})) if s.stream else (lambda piece: None)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         skip = [dropped]
         eos = set(self.tok.eos_ids)
@@ -321,8 +353,8 @@ class Engine:
                     state["stop"] = True
                 state["text"] = text
                 job.text = text
-                if s.stream and len(text) > len(before):
-                    job.emit({"text": text[len(before) :]})
+                if len(text) > len(before):
+                    emit(text[len(before) :])
                 if state["stop"]:
                     break
             return state["stop"]
@@ -331,7 +363,7 @@ class Engine:
             return "", [], "length", None, SpecStats()
         if s.temperature == 0:
             _, stopped, spec = greedy_decode(self.backend, seq, logits, s.max_tokens, self.config.spec, on_tokens,
-                                             job.should_stop)  # fmt: skip
+                                             job.should_stop, grammar, self.tok.eos_ids)  # fmt: skip
         else:
             spec = SpecStats()
             sampler = Sampler(
@@ -339,7 +371,12 @@ class Engine:
             )
             stopped = "length"
             for i in range(s.max_tokens):
-                token = sampler(logits)
+                if grammar is None:
+                    token = sampler(logits)
+                else:
+                    token = sampler(grammar.allow(logits))
+                    if token not in eos:
+                        grammar.advance(token)
                 if on_tokens([token]):
                     stopped = "stop"
                     break
@@ -355,8 +392,7 @@ class Engine:
             tail = decoder.decode(b"", final=True)
             if tail:
                 state["text"] += tail
-                if s.stream:
-                    job.emit({"text": tail})
+                emit(tail)
         return state["text"], tokens, stopped, (first_ms[0] if first_ms else None), spec
 
     def stats(self) -> dict:

@@ -9,12 +9,20 @@ Drafts come from prompt lookup first (the longest recent n-gram of the sequence 
 it proposes what followed it, which pays off when an edit copies nearby code), else from the MTP
 layer chained on itself. Offers ``SpecConfig``, ``prompt_lookup``, ``SpecStats`` and
 ``greedy_decode``.
+
+Under a grammar (``constraint``: llguidance through ``engine.chat.constrain``) every token is the
+argmax of the *masked* logits at its own grammar state: a draft is first cut to what the grammar
+accepts (``check_draft``), then verified position by position, each position's mask computed only
+once the tokens before it are accepted — so constrained output equals constrained plain greedy,
+and the mask is computed once per emitted token, as without speculation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -61,6 +69,27 @@ def prompt_lookup(ids: np.ndarray, n_max: int, n_min: int, k: int, window: int) 
     return []
 
 
+class Grammar(Protocol):
+    """What decoding needs of a constraint (``engine.chat.constrain.Constraint``)."""
+
+    def allow(self, logits: np.ndarray) -> np.ndarray: ...
+
+    def advance(self, token: int) -> None: ...
+
+    def check_draft(self, tokens: Seq[int]) -> int: ...
+
+
+def pick(logits: np.ndarray, grammar: Grammar | None = None, end_ids: Seq[int] = ()) -> int:
+    """The greedy token: the argmax of ``logits``, under ``grammar`` when there is one (which then
+    takes the token, unless it is an end token)."""
+    if grammar is None:
+        return int(np.argmax(logits))
+    token = int(np.argmax(grammar.allow(logits)))
+    if token not in end_ids:
+        grammar.advance(token)
+    return token
+
+
 @dataclass
 class SpecStats:
     steps: int = 0
@@ -88,6 +117,8 @@ def greedy_decode(
     spec: SpecConfig,
     on_tokens: Callable[[list[int]], bool],
     should_stop: Callable[[], str | None] = lambda: None,
+    grammar: Grammar | None = None,
+    end_ids: Seq[int] = (),
 ) -> tuple[list[int], str, SpecStats]:
     """Greedy tokens after ``seq`` whose next-token logits are ``logits``.
 
@@ -98,7 +129,7 @@ def greedy_decode(
     """
     stats = SpecStats()
     out: list[int] = []
-    token = int(np.argmax(logits))
+    token = pick(logits, grammar, end_ids)
     out.append(token)
     if on_tokens([token]) or max_new <= 1:
         return out, "stop" if len(out) < max_new else "length", stats
@@ -117,13 +148,25 @@ def greedy_decode(
         if not draft and spec.mtp_drafts and backend.has_mtp and room > 1:
             draft, source = backend.draft(seq, token, spec.mtp_drafts), "mtp"
         draft = draft[: room - 1]
+        if grammar is not None and draft:
+            ends = [i for i, t in enumerate(draft) if t in end_ids]
+            draft = draft[: ends[0] if ends else len(draft)]  # an end token is never verified past
+            draft = draft[: grammar.check_draft(draft)]  # nor what the grammar refuses
         n0 = len(seq.ids)
         step_logits = backend.forward(seq, [token, *draft], logits_to_keep=len(draft) + 1)
-        predicted = np.argmax(step_logits, axis=-1)
         accepted = 0
-        while accepted < len(draft) and int(predicted[accepted]) == draft[accepted]:
-            accepted += 1
-        new = [*draft[:accepted], int(predicted[accepted])]
+        if grammar is None:
+            predicted = np.argmax(step_logits, axis=-1)
+            while accepted < len(draft) and int(predicted[accepted]) == draft[accepted]:
+                accepted += 1
+            final = int(predicted[accepted])
+        else:  # each position's mask at its own grammar state, once the tokens before it are accepted
+            while True:
+                final = pick(step_logits[accepted], grammar, end_ids)
+                if accepted == len(draft) or final != draft[accepted]:
+                    break
+                accepted += 1
+        new = [*draft[:accepted], final]
         if accepted < len(draft):
             backend.truncate(seq, n0 + 1 + accepted)  # drop the rejected drafts' KV
         stats.steps += 1

@@ -1,25 +1,22 @@
 """Runtime tokenizer of the inference engine: a byte-level BPE ``tokenizer.json`` plus its config.
 
 Offers ``Tokenizer`` (``from_folder``, ``encode``/``encode_batch`` that never turn user text into
-special tokens, ``decode``/``decode_bytes``, ``apply_chat_template``/``encode_chat``),
+special tokens, ``decode``/``decode_bytes``),
 ``IncrementalDecoder`` for streaming, ``FimTokens``/``FimTemplate`` (the FIM prompt layout read from
 ``tokenizer_config.json["mellum_fim"]``), ``validate_against_vocab`` and ``TokenizerError``.
 A folder is checked when loaded: every token the runtime relies on must exist as a single special
 token, and the ids in ``tokenizer.json`` and ``tokenizer_config.json`` must agree.
-Depends on ``tokenizers`` and ``jinja2`` only (no torch, no transformers).
+Depends on ``tokenizers`` only (no torch, no transformers). Chat templates: ``engine.chat.template``.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as _Backend
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -183,22 +180,6 @@ def _check_added_tokens(tokenizer_json: dict, tok_file: str) -> None:
         raise TokenizerError(f"{tok_file}: added_tokens disagree with the vocabulary: {'; '.join(wrong)}")
 
 
-def _raise_exception(message: str) -> None:
-    raise TokenizerError(message)
-
-
-def _compile_chat_template(source: str | None, cfg_file: str) -> jinja2.Template | None:
-    """Compile like transformers does (sandboxed, trim_blocks, lstrip_blocks, ``raise_exception``)."""
-    if source is None:
-        return None
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise_exception
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TokenizerError(f"{cfg_file}: chat_template is not valid Jinja: {exc}") from None
-
-
 class Tokenizer:
     """A loaded, validated tokenizer folder. Build it with ``Tokenizer.from_folder``."""
 
@@ -226,7 +207,6 @@ class Tokenizer:
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys(self._id(t) for t in eos_tokens))
         self.vocab_size: int = 1 + max(self._with_special.get_vocab(with_added_tokens=True).values())
         self._token_bytes = self._build_byte_table(tok_file)
-        self._chat_template = _compile_chat_template(config.get("chat_template"), cfg_file)
 
     @classmethod
     def from_folder(cls, path: str | Path) -> Tokenizer:
@@ -343,50 +323,6 @@ class Tokenizer:
         if token is None:
             raise TokenizerError(f"token id {token_id} is not in the vocabulary of {self.source}")
         return token
-
-    # -- chat ---------------------------------------------------------------------------------
-
-    def apply_chat_template(self, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> str:
-        """Render ``messages`` (``{"role", "content"}`` dicts) with the config's ``chat_template``."""
-        if self._chat_template is None:
-            raise TokenizerError(f"{self.source}/{CONFIG_FILE} has no chat_template")
-        for i, message in enumerate(messages):
-            if not isinstance(message, Mapping) or not all(
-                isinstance(message.get(k), str) for k in ("role", "content")
-            ):
-                raise TokenizerError(
-                    f"chat message {i} must be a mapping with string 'role' and 'content', got {message!r}"
-                )
-        try:
-            return self._chat_template.render(
-                messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt
-            )
-        except (jinja2.TemplateError, TokenizerError) as exc:
-            raise TokenizerError(f"{self.source}/{CONFIG_FILE}: chat_template failed: {exc}") from None
-
-    def encode_chat(self, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> list[int]:
-        """Ids of the rendered conversation; special tokens come from the template, never from content.
-
-        Renders with stand-ins for the contents, encodes template text with specials and the contents
-        as plain text; checks the result decodes to ``apply_chat_template(messages)``.
-        """
-        expected = self.apply_chat_template(messages, add_generation_prompt)
-        contents = [m["content"] for m in messages]
-        marker = next((chr(c) for c in range(0xE000, 0xF900) if not any(chr(c) in s for s in contents)), None)
-        if marker is None:
-            raise TokenizerError(
-                "chat messages use every private-use character; cannot place content stand-ins"
-            )
-        stand_ins = [{**m, "content": f"{marker}{i}{marker}"} for i, m in enumerate(messages)]
-        pieces = re.split(
-            f"{marker}([0-9]+){marker}", self.apply_chat_template(stand_ins, add_generation_prompt)
-        )
-        ids = []
-        for k, piece in enumerate(pieces):
-            ids += self.encode(contents[int(piece)]) if k % 2 else self.encode(piece, allow_special=True)
-        if self.decode(ids) != expected:
-            raise TokenizerError(f"{self.source}: chat_template does not insert message content verbatim")
-        return ids
 
 
 class IncrementalDecoder:

@@ -21,7 +21,7 @@ from pathlib import Path
 from engine.rpc import EngineClient, EngineError
 
 from .context import ContextCache, RecentSnippets, RepoIndex, build_context
-from .engine_client import DEFAULT_CONTEXT_LENGTH, default_model_dir
+from .engine_client import DEFAULT_CONTEXT_LENGTH
 from .features.pipeline import Snapshot, context_budget, engine_params, finish, language_of, wants_multiline
 from .settings import parse_settings
 
@@ -66,7 +66,7 @@ async def _open_engine(a: argparse.Namespace) -> tuple[EngineClient, asyncio.sub
     if a.engine and not a.engine.startswith(("http://", "https://")):
         return await EngineClient.connect(a.engine), None
     cmd = [sys.executable, "-m", "engine", "serve", "--stdio", "--backend", a.backend]
-    cmd += ["--remote", a.engine] if a.engine else ["--model", a.model or default_model_dir()]
+    cmd += ["--remote", a.engine] if a.engine else (["--model", a.model] if a.model else [])
     proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 limit=2**27)  # fmt: skip
     return EngineClient(proc.stdout, proc.stdin), proc

@@ -4,12 +4,16 @@
   there. The default is the shared engine of (model folder, backend) at
   `private_socket_path(engine_socket_name(model, backend))`, started detached
   (`start_new_session`) with `--idle-exit`, so several editor windows share one loaded model.
+  Without `model.path` the engine is started without `--model` (it then loads its embedded
+  model), on the socket of "the embedded model of this engine installation".
   `engine.socket` names the socket instead; `engine.url` runs a local engine in front of a
   remote OpenAI-compatible server (`--remote URL`).
-- `EngineSession`: one connection that reconnects (and restarts the engine) when it is lost and
-  retries the request once; `complete()` sends context chunks by key, with their text only the
-  first time on a connection (again if the engine answers "unknown context key"); cancelling
-  the awaiting task cancels the engine request (`EngineClient.cancel(id)`).
+- `EngineSession`: one connection that reconnects (and restarts the engine) when it is lost;
+  `complete()` sends context chunks by key and the document as an edit of the version the
+  engine holds (`held.py`); the engine's error code decides a retry (reconnect, or send the
+  text it does not hold). Cancelling the awaiting task cancels the engine request.
+- `EngineManager`: the language server's current `EngineSession`, made from the settings and
+  remade when the `engine` or `model` settings change; failures shown at most once a minute.
 - `EngineUnavailable`: no engine, and none could be started (the message says why).
 """
 
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import logging
 import subprocess
 import sys
@@ -31,10 +36,12 @@ from typing import Any
 from engine.protocol import ErrorCode
 from engine.rpc import EngineClient, EngineError, engine_socket_name, private_socket_path
 
+from .held import Held
 from .settings import Settings
 from .telemetry import state_dir
 
 log = logging.getLogger(__name__)
+ATTEMPTS = 3  # a request and its recoveries (reconnect, resend a chunk or a document)
 DEFAULT_CONTEXT_LENGTH = 8192  # when the engine does not know its model's (a remote server)
 
 
@@ -49,10 +56,10 @@ class EngineTarget:
     description: str
 
 
-def default_model_dir() -> str:
-    from engine.embedded import embedded_model_dir
-
-    return str(embedded_model_dir())
+def embedded_model_key() -> str:
+    """Stands for the model folder in the socket name of the engine's embedded model: one shared
+    engine per installed engine package (the embedded model ships inside it) and backend."""
+    return str(Path(inspect.getfile(EngineClient)).resolve().parent) + "#embedded"
 
 
 def engine_target(settings: Settings, python: str = sys.executable) -> EngineTarget:
@@ -64,20 +71,16 @@ def engine_target(settings: Settings, python: str = sys.executable) -> EngineTar
         socket = Path(eng.socket) if eng.socket else private_socket_path(f"engine-remote-{digest}")
         cmd = (python, "-m", "engine", "serve", "--remote", eng.url, "--socket", str(socket), *common)
         return EngineTarget(socket, cmd, f"remote model at {eng.url}")
-    try:
-        model_dir = model.path or default_model_dir()
-    except FileNotFoundError as e:
-        if eng.socket:
-            return EngineTarget(Path(eng.socket), None, f"engine at {eng.socket}")
-        raise EngineUnavailable(f"{e}; set mellum.model.path") from None
-    if not (Path(model_dir) / "config.json").is_file():
-        raise EngineUnavailable(f"mellum.model.path {model_dir!r} is not a model folder (no config.json)")
-    socket = (
-        Path(eng.socket) if eng.socket else private_socket_path(engine_socket_name(model_dir, model.backend))
-    )
-    cmd = (python, "-m", "engine", "serve", "--model", model_dir, "--backend", model.backend,
+    if not model.path:  # the engine loads its embedded model when started without --model
+        model_args, key, name = (), embedded_model_key(), "the embedded model"
+    elif (Path(model.path) / "config.json").is_file():
+        model_args, key, name = ("--model", model.path), model.path, Path(model.path).name
+    else:
+        raise EngineUnavailable(f"mellum.model.path {model.path!r} is not a model folder (no config.json)")
+    socket = Path(eng.socket) if eng.socket else private_socket_path(engine_socket_name(key, model.backend))
+    cmd = (python, "-m", "engine", "serve", *model_args, "--backend", model.backend,
            "--socket", str(socket), *common)  # fmt: skip
-    return EngineTarget(socket, cmd, f"{Path(model_dir).name} ({model.backend})")
+    return EngineTarget(socket, cmd, f"{name} ({model.backend})")
 
 
 def _log_tail(path: Path, n: int = 600) -> str:
@@ -158,16 +161,6 @@ def _reap_later(proc: subprocess.Popen) -> None:
     _children[:] = [p for p in _children if p.poll() is None]
 
 
-def _wire_context(chunks: Any, known: set[str], full: bool) -> list[dict]:
-    out = []
-    for c in chunks:
-        item = {"path": c.path, "key": c.key}
-        if full or c.key not in known:
-            item["text"] = c.text
-        out.append(item)
-    return out
-
-
 class EngineSession:
     """A connection to the engine of `target` that survives the engine's restarts."""
 
@@ -185,8 +178,7 @@ class EngineSession:
         self.on_event = on_event if on_event is not None else (lambda e: None)
         self.client: EngineClient | None = None
         self.info: dict = {}  # the handshake
-        self.known_keys: set[str] = set()
-        self.keeps_chunks = True  # the engine remembers chunk text by key (a remote one does not)
+        self.held = Held()  # what this connection's engine holds of our chunks and documents
         self.connects = 0
         self.retry_after_s = 10.0  # after a failed start, fail fast for this long
         self._failure: tuple[float, EngineUnavailable] | None = None
@@ -219,8 +211,7 @@ class EngineSession:
                     problem = e
                     continue
                 self.client = client
-                self.known_keys = set()
-                self.keeps_chunks = self.info.get("backend") != "remote"
+                self.held = Held()
                 self.connects += 1
                 self.on_event({"event": "engine_connected", "connects": self.connects, "info": self.info})
                 return client
@@ -251,26 +242,37 @@ class EngineSession:
             return client
 
     async def request(self, method: str, params: Any = None, on_partial=None) -> Any:
-        """One request; after a lost connection, reconnect (restarting the engine) and retry once.
-        `params` may be a function, called for each attempt (after connecting)."""
-        for attempt in range(2):
+        """One request, recovered by error code (never by message): after a lost connection,
+        reconnect (restarting the engine); when the engine does not hold a chunk or a document
+        version the request relied on, send the text. ``params`` may be a function of ``Held``,
+        called for each attempt. A dict result gets ``rpc_bytes``: the request frames sent."""
+        sent_bytes = 0
+        for attempt in range(ATTEMPTS):
             client = await self.connect()
-            wire = params() if callable(params) else params
+            wire = params(self.held) if callable(params) else params
+            sent = client.bytes_sent
             rid, future = client.start(method, wire, on_partial)
+            sent_bytes += client.bytes_sent - sent
             document = wire.get("document") if isinstance(wire, dict) else None
             self.on_event({"event": "engine_request", "request": rid, "method": method, "document": document})
             try:
-                return await asyncio.shield(future)
+                result = await asyncio.shield(future)
+                return dict(result, rpc_bytes=sent_bytes) if isinstance(result, dict) else result
             except asyncio.CancelledError:
                 self._cancel(client, rid, future, method)
                 raise
             except EngineError as e:
-                if e.code == ErrorCode.UNAVAILABLE and attempt == 0:
-                    log.warning("engine unavailable (%s); reconnecting", e.message)
-                    with contextlib.suppress(Exception):
-                        await client.close()
-                    continue
-                raise
+                recover = {
+                    ErrorCode.UNAVAILABLE: client.close,
+                    ErrorCode.UNKNOWN_CONTEXT_KEY: self.held.forget_chunks,
+                    ErrorCode.UNKNOWN_DOCUMENT: self.held.forget_documents,
+                }.get(e.code)
+                if recover is None or attempt == ATTEMPTS - 1:
+                    raise
+                log.info("engine answered %s (%s); retrying", e.code, e.message)
+                with contextlib.suppress(Exception):
+                    if asyncio.iscoroutine(done := recover()):
+                        await done
         raise AssertionError("unreachable")
 
     def _cancel(self, client: EngineClient, rid: int, future: asyncio.Future, method: str) -> None:
@@ -293,35 +295,123 @@ class EngineSession:
         self._background.add(task)  # keep a reference until it is done
         task.add_done_callback(self._background.discard)
 
-    async def complete(self, params: dict, chunks: Any = (), on_partial=None) -> dict:
-        """FIM completion; `chunks` have `path`, `text`, `key`."""
-        return await self.with_context("complete", params, chunks, on_partial)
+    async def complete(
+        self, params: dict, chunks: Any = (), on_partial=None, text: str | None = None
+    ) -> dict:
+        """FIM completion; `chunks` have `path`, `text`, `key`; with `text` (the document's model
+        text) and `params["offset"]` the document goes as an edit of what the engine holds."""
+        return await self.with_context("complete", params, chunks, on_partial, text)
 
-    async def with_context(self, method: str, params: dict, chunks: Any = (), on_partial=None) -> dict:
-        """`complete` or `prefill` with context chunks sent by key where the engine has their text."""
+    async def with_context(
+        self, method: str, params: dict, chunks: Any = (), on_partial=None, text: str | None = None
+    ) -> dict:
+        """`complete` or `prefill` with context chunks by key and the document as an edit."""
         chunks = list(chunks)
-        for full in (False, True):
 
-            def wire(full: bool = full) -> dict:
-                full = full or not self.keeps_chunks
-                return dict(params, context=_wire_context(chunks, self.known_keys, full))
+        def wire(held: Held) -> dict:
+            out = dict(params, **held.context(chunks))
+            if text is not None:
+                out["doc"] = held.document(params["document"], text)
+            return out
 
-            try:
-                result = await self.request(method, wire, on_partial)
-            except EngineError as e:
-                if e.code != ErrorCode.INVALID_PARAMS or full:
-                    raise
-                if "keeps no chunks" in e.message:  # a remote engine: always send the text
-                    self.keeps_chunks = False
-                elif "unknown context key" not in e.message:
-                    raise
-                self.known_keys.clear()
-                continue
-            self.known_keys.update(c.key for c in chunks)
-            return result
-        raise AssertionError("unreachable")
+        return await self.request(method, wire, on_partial)
 
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
             self.client = None
+
+
+class EngineManager:
+    """The language server's engine: one `EngineSession` for the current settings.
+
+    The session is made on first use and remade when the `engine` or `model` settings change;
+    `report` passes a failure on to the user at most once every `error_interval_s`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        loading: Callable[[str], contextlib.AbstractAsyncContextManager] | None = None,
+        on_event: Callable[[dict], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        error_interval_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.loading, self.on_event = loading, on_event
+        self.on_error = on_error if on_error is not None else (lambda message: None)
+        self.error_interval_s = error_interval_s
+        self.session: EngineSession | None = None
+        self._error_at: float | None = None
+        self._background: set[asyncio.Task] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None and self.session.connected
+
+    async def get(self) -> EngineSession:
+        """The connected session, starting the engine when needed (raises `EngineUnavailable`)."""
+        if self.session is None:
+            try:
+                target = engine_target(self.settings)
+            except (EngineUnavailable, PermissionError) as e:
+                raise EngineUnavailable(str(e)) from None
+            self.session = EngineSession(
+                target, start_timeout_s=self.settings.engine.start_timeout_s,
+                loading=self.loading, on_event=self.on_event,
+            )  # fmt: skip
+        await self.session.connect()
+        return self.session
+
+    async def connect(self) -> None:
+        """Connect now (at start-up, after a settings change); a failure is reported, not raised."""
+        try:
+            await self.get()
+        except EngineUnavailable as e:
+            self.report(e)
+
+    def configure(self, settings: Settings) -> asyncio.Task | None:
+        """New settings. A session for other `engine`/`model` settings is closed and a new one
+        connected in the background: that task is returned (None when nothing changed)."""
+        old, self.settings = self.settings, settings
+        if self.session is None or (old.engine, old.model) == (settings.engine, settings.model):
+            return None
+        session, self.session = self.session, None
+        return self._spawn(self._reconnect(session))
+
+    async def _reconnect(self, old: EngineSession) -> None:
+        await old.close()
+        await self.connect()
+
+    def report(self, error: Exception) -> None:
+        now = time.monotonic()
+        if self._error_at is None or now - self._error_at > self.error_interval_s:
+            self._error_at = now
+            self.on_error(str(error))
+
+    def status(self) -> dict | None:
+        """The session for `mellum/status` (None before the first use)."""
+        if self.session is None:
+            return None
+        return {
+            "socket": str(self.session.target.socket),
+            "connected": self.session.connected,
+            "connects": self.session.connects,
+            "info": self.session.info,
+        }
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("engine task failed", exc_info=task.exception())

@@ -1,10 +1,13 @@
-"""The language server's features, one module per idea (handlers stay in ``server.py``).
+"""The language server's features: one module per LSP method group, each with `register(server)`
+and thin handlers over pure functions (wired in ``server.py``).
 
-- transport.py: JSON-RPC message loop that answers malformed input.
-- protocol.py: pygls' protocol with our document store, position encoding and param errors.
-- pipeline.py: document snapshot -> engine params; engine text -> suggestion (pure).
+- lifecycle.py: initialize/initialized/shutdown, settings, workspace folders and indexing.
+- sync.py: document sync, watched files.
+- inline.py: inline completion and the completion fallback, one shared path.
+- commands.py: feedback commands (local counters). status.py: mellum/* requests.
+- state.py: `MellumServer`, the state the features share.
 - completions.py: per-request policy (typed-along, supersede, debounce, engine call).
-- debounce.py, suggestions.py, items.py: pure pieces of it.
+- pipeline.py, debounce.py, suggestions.py, items.py: pure pieces of it.
 - workspace.py: repository indexes, context caches and recent snippets per workspace folder.
-- progress.py: server-initiated work-done progress.
+- transport.py, protocol.py, progress.py: JSON-RPC loop, pygls protocol, work-done progress.
 """

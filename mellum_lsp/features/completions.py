@@ -1,18 +1,19 @@
 """One suggestion per request, on every keystroke, without wasted work.
 
-`CompletionService.suggest(snapshot)` runs the per-request policy:
-1. typed along: when the user typed the start of the document's last suggestion, answer with
-   its rest at once (no debounce, no engine);
-2. supersede: a newer request for the same document ends the older one with an empty answer;
-   its engine work is cancelled when the cursor moved elsewhere, and left running when the new
-   request extends it (the engine then serves the new one from it or supersedes it itself);
-3. debounce: wait `DebouncePolicy.delay_ms`, unless a newer request comes first;
-4. context chunks for the budget left by the file and the generation; the engine's `complete`;
-   `finish` (post-processing); the result is kept as the document's last suggestion.
-Cancelling the awaiting task ($/cancelRequest) cancels the engine request.
+The engine owns reuse (serving the rest of a suggestion the user types along, answering from a
+suggestion still being written, superseding a document's older requests, recent results): it
+sees every editor window it serves. The language server keeps two rules of its own:
+1. debounce: how long a request should wait for the next keystroke (`DebouncePolicy`); the wait
+   itself happens in the engine (`delay_ms`), where a newer keystroke supersedes the request or
+   is served from it;
+2. cancel on move: a new request whose cursor left the document's request in flight (not typing
+   on from it) cancels that one at once.
+Per request: context chunks for the budget left by the file and the generation; the engine's
+`complete` with the document sent as an edit of what the engine holds; `finish`
+(post-processing). Cancelling the awaiting task ($/cancelRequest) cancels the engine request.
 
-Every answer has metrics (served how, latency, debounce, cache reuse), passed to `on_metrics`.
-Offers `Suggestion`, `CompletionService`.
+Every answer has metrics (served how, latency, debounce, cache reuse, bytes on the wire), passed to
+`on_metrics`. Offers `Suggestion`, `CompletionService`.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from engine.rpc import EngineError
 from ..engine_client import EngineSession, EngineUnavailable
 from ..settings import Settings
 from .debounce import DebouncePolicy
-from .pipeline import Snapshot, context_budget, engine_params, finish, wants_multiline
-from .suggestions import Shown, typed_along
+from .pipeline import Snapshot, context_budget, document_params, finish, wants_multiline
 from .workspace import WorkspaceContext
 
 log = logging.getLogger(__name__)
+SERVED = {"typed_ahead": "typed_along", "result_cache": "model", "remote": "model"}  # engine's -> ours
 
 
 @dataclass
 class Suggestion:
     text: str
-    served: str  # model | typed_along | engine_typed_ahead | superseded | disabled | no_engine | error
+    served: str  # model | typed_along | superseded | disabled | no_engine | error
     id: str
     snapshot: Snapshot
     metrics: dict = field(default_factory=dict)
@@ -54,13 +55,9 @@ class _Inflight:
     task: asyncio.Task
 
 
-@dataclass
-class _DocState:
-    generation: int = 0
-    shown: Shown | None = None
-    shown_generation: int = 0
-    inflight: _Inflight | None = None
-    newer: asyncio.Event = field(default_factory=asyncio.Event)
+def moved_away(inflight: _Inflight, prefix: str, suffix: str) -> bool:
+    """Whether the cursor left the request in flight (rather than typing on from it)."""
+    return inflight.suffix != suffix or not prefix.startswith(inflight.prefix)
 
 
 class CompletionService:
@@ -76,16 +73,14 @@ class CompletionService:
         self.settings, self.engine, self.workspace = settings, engine, workspace
         self.debounce = debounce
         self.on_metrics, self.on_engine_error = on_metrics, on_engine_error
-        self._docs: dict[str, _DocState] = {}
+        self._inflight: dict[str, _Inflight] = {}
         self._ids = itertools.count(1)
         self.last_metrics: dict[str, dict] = {}
 
     def forget(self, uri: str) -> None:
-        state = self._docs.pop(uri, None)
-        if state is not None:
-            state.newer.set()
-            if state.inflight is not None:
-                state.inflight.task.cancel()
+        inflight = self._inflight.pop(uri, None)
+        if inflight is not None:
+            inflight.task.cancel()
         self.debounce.forget(uri)
 
     def _answer(
@@ -105,71 +100,36 @@ class CompletionService:
         started = time.monotonic() if started is None else started
         settings = self.settings()
         sid = str(next(self._ids))
-        state = self._docs.setdefault(snap.uri, _DocState())
-        state.generation += 1
-        generation = state.generation
-        state.newer.set()  # ends older requests of this document
-        newer = state.newer = asyncio.Event()
-        prefix, suffix = snap.prefix, snap.suffix
-
         if not settings.completion.enabled:
             return self._answer(snap, "", "disabled", sid, started)
-        if settings.completion.typed_along:
-            rest = typed_along(state.shown, prefix, suffix)
-            if rest is not None:
-                state.shown = Shown(prefix, suffix, rest, sid)
-                return self._answer(snap, rest, "typed_along", sid, started)
-
-        inflight = state.inflight
-        if inflight is not None and not inflight.task.done():
-            if inflight.suffix != suffix or not prefix.startswith(inflight.prefix):
-                inflight.task.cancel()  # the cursor moved away: that work is of no use now
-
+        prefix, suffix = snap.model_text()
+        inflight = self._inflight.get(snap.uri)
+        if inflight is not None and not inflight.task.done() and moved_away(inflight, prefix, suffix):
+            inflight.task.cancel()  # the cursor moved away: that work is of no use now
         delay = 0.0 if invoked else self.debounce.delay_ms(snap.uri, time.monotonic())
-        if delay > 0 and await _first(newer, delay / 1e3):
-            return self._answer(snap, "", "superseded", sid, started, debounce_ms=delay)
-        if settings.completion.typed_along:  # an older request may have finished meanwhile
-            rest = typed_along(state.shown, prefix, suffix)
-            if rest is not None:
-                state.shown = Shown(prefix, suffix, rest, sid)
-                return self._answer(snap, rest, "typed_along", sid, started, debounce_ms=delay)
-
-        task = asyncio.ensure_future(self._compute(snap, settings))
-        state.inflight = _Inflight(prefix, suffix, task)
-
-        def keep(t: asyncio.Task) -> None:
-            if t.cancelled() or t.exception() is not None:
-                return
-            text = t.result()[0]
-            if generation > state.shown_generation:
-                state.shown, state.shown_generation = Shown(prefix, suffix, text, sid), generation
-
-        task.add_done_callback(keep)
-        waiter = asyncio.ensure_future(newer.wait())
+        task = asyncio.ensure_future(self._compute(snap, settings, delay))
+        self._inflight[snap.uri] = mine = _Inflight(prefix, suffix, task)
         try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # $/cancelRequest: stop the engine's work too
-            task.cancel()
-            raise
-        finally:
-            waiter.cancel()
-        if not task.done():
+            text, info = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # $/cancelRequest: stop the engine's work too
+                task.cancel()
+                raise
             return self._answer(snap, "", "superseded", sid, started, debounce_ms=delay)
-        if task.cancelled():
-            return self._answer(snap, "", "superseded", sid, started, debounce_ms=delay)
-        error = task.exception()
-        if isinstance(error, EngineUnavailable):
-            self.on_engine_error(error)
-            return self._answer(snap, "", "no_engine", sid, started, debounce_ms=delay, error=str(error))
-        if isinstance(error, EngineError):
-            if error.code in (ErrorCode.SUPERSEDED, ErrorCode.CANCELLED):
+        except EngineUnavailable as e:
+            self.on_engine_error(e)
+            return self._answer(snap, "", "no_engine", sid, started, debounce_ms=delay, error=str(e))
+        except EngineError as e:
+            if e.code in (ErrorCode.SUPERSEDED, ErrorCode.CANCELLED):
                 return self._answer(snap, "", "superseded", sid, started, debounce_ms=delay)
-            log.warning("engine error: %s", error)
-            return self._answer(snap, "", "error", sid, started, debounce_ms=delay, error=str(error))
-        if error is not None:
-            log.error("completion failed", exc_info=error)
-            return self._answer(snap, "", "error", sid, started, debounce_ms=delay, error=repr(error))
-        text, info = task.result()
+            log.warning("engine error: %s", e)
+            return self._answer(snap, "", "error", sid, started, debounce_ms=delay, error=str(e))
+        except Exception as e:
+            log.error("completion failed", exc_info=e)
+            return self._answer(snap, "", "error", sid, started, debounce_ms=delay, error=repr(e))
+        finally:
+            if self._inflight.get(snap.uri) is mine:
+                del self._inflight[snap.uri]
         return self._answer(snap, text, info.pop("served"), sid, started, debounce_ms=delay, **info)
 
     async def prefill(self, snap: Snapshot) -> dict | None:
@@ -197,7 +157,7 @@ class CompletionService:
             log.info("prefill skipped: %s", e)
             return None
 
-    async def _compute(self, snap: Snapshot, settings: Settings) -> tuple[str, dict]:
+    async def _compute(self, snap: Snapshot, settings: Settings, delay_ms: float) -> tuple[str, dict]:
         """The engine's suggestion for `snap`, post-processed, and what it cost."""
         session = await self.engine()
         multiline = wants_multiline(snap, settings.completion)
@@ -215,32 +175,27 @@ class CompletionService:
             log.exception("building the context failed; completing without it")
             chunks = []
         context_ms = (time.monotonic() - t0) * 1e3
-        params = engine_params(snap, settings.completion, multiline)
-        unsent = sum(c.key not in session.known_keys for c in chunks)
-        result = await session.complete(params, chunks)
-        text = finish(result.get("text", ""), snap, multiline)
-        served = "engine_typed_ahead" if result.get("served") == "typed_ahead" else "model"
-        return text, {
-            "served": served,
-            "raw": result.get("text", ""),
+        params, text = document_params(snap, settings.completion, multiline)
+        if delay_ms > 0:
+            params["delay_ms"] = round(max(0.0, delay_ms - context_ms), 3)  # the rest of the debounce
+        if not settings.completion.typed_along:
+            params["typed_ahead"] = False
+        unsent = sum(c.key not in session.held.chunk_keys for c in chunks)
+        result = await session.complete(params, chunks, text=text)
+        raw = result.get("text", "")
+        return finish(raw, snap, multiline), {
+            "served": SERVED.get(result.get("served"), result.get("served") or "model"),
+            "raw": raw,
             "multiline": multiline,
             "context": {
                 "chunks": len(chunks),
                 "sent_text": unsent,
                 "budget": budget,
                 "ms": round(context_ms, 3),
-            },  # fmt: skip
+            },
             "cache": result.get("cache"),
             "engine_timing": result.get("timing"),
             "tokens": result.get("tokens"),
             "stopped": result.get("stopped"),
+            "rpc_bytes": result.get("rpc_bytes"),
         }
-
-
-async def _first(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait up to `timeout_s`; True if `event` was set first."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout_s)
-        return True
-    except asyncio.TimeoutError:
-        return False

@@ -3,7 +3,9 @@
 Pure functions shared by the language server and `mellum-lsp complete`:
 - `Snapshot`: what one completion needs (text, cursor offset, paths, language, line ending).
 - `context_budget`: repository-context tokens that fit the model beside the file and the output.
-- `engine_params`: the `complete` request (without its context chunks).
+- `engine_params`: the `complete` request (without its context chunks); `document_params`: the
+  same with the cursor `offset` in place of prefix and suffix, and the document's model text,
+  which the engine client sends as an edit of the version the engine holds.
 - `finish`: post-processing (`postprocess`, multi-line only where `multiline_allowed`) and the
   document's line ending restored.
 
@@ -14,6 +16,7 @@ converted back on the way out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..context import estimate_tokens
 from ..context.languages import language_for_path, normalize_language
@@ -46,7 +49,11 @@ class Snapshot:
         return self.text[self.offset :]
 
     def model_text(self) -> tuple[str, str]:
-        """(prefix, suffix) with "\\n" line ends."""
+        """(prefix, suffix) with "\\n" line ends (computed once per snapshot)."""
+        return self._model
+
+    @cached_property
+    def _model(self) -> tuple[str, str]:
         prefix, suffix = self.prefix, self.suffix
         if "\r" in self.text:
             prefix = prefix.replace("\r\n", "\n").replace("\r", "\n")
@@ -88,6 +95,15 @@ def engine_params(snap: Snapshot, settings: CompletionSettings, multiline: bool)
     if settings.deadline_ms:
         params["deadline_ms"] = float(settings.deadline_ms)
     return params
+
+
+def document_params(snap: Snapshot, settings: CompletionSettings, multiline: bool) -> tuple[dict, str]:
+    """``engine_params`` with the cursor ``offset`` in place of prefix and suffix, and the
+    document's model text (sent as an edit of what the engine holds)."""
+    params = engine_params(snap, settings, multiline)
+    prefix, suffix = params.pop("prefix"), params.pop("suffix")
+    params["offset"] = len(prefix)
+    return params, prefix + suffix
 
 
 def finish(raw: str, snap: Snapshot, multiline: bool) -> str:

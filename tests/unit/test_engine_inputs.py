@@ -59,6 +59,20 @@ def test_bad_offsets_and_edits_name_the_problem():
             parse_params("complete", {"document": "d", **bad})
 
 
+def test_a_context_list_is_named_by_its_ref_once_sent():
+    inputs = Inputs()
+    ctx = [{"path": "a.py", "key": "ka", "text": "A = 1\n"}, {"path": "b.py", "key": "kb", "text": "B\n"}]
+    inputs.resolve(params(prefix="x", context=ctx, context_ref="r1"))
+    p = inputs.resolve(params(prefix="xy", context_ref="r1"))
+    assert [(c.path, c.text) for c in p.context] == [
+        ("a.py", "A = 1\n"),
+        ("b.py", "B\n"),
+    ] and p.context_ref is None
+    with pytest.raises(ProtocolError) as e:
+        inputs.resolve(params(prefix="x", context_ref="r2"))
+    assert e.value.code == ErrorCode.UNKNOWN_CONTEXT_KEY
+
+
 def test_chunk_texts_are_kept_by_key_and_evicted_by_size():
     inputs = Inputs(chunk_entries=2)
     ctx = [{"path": "a.py", "key": "ka", "text": "A = 1\n"}]

@@ -219,16 +219,19 @@ def test_chat_completion(served):
     out = json.loads(raw)
     assert status == 200 and out["object"] == "chat.completion"
     assert out["choices"][0]["message"]["role"] == "assistant"
-    assert out["usage"]["prompt_tokens"] == len(served.tok.encode_chat(messages))
+    assert out["usage"]["prompt_tokens"] == served.local("chat", {"messages": messages, "max_tokens": 6})[0][
+        "cache"
+    ]["prompt_tokens"]
     assert (
         out["choices"][0]["message"]["content"]
-        == served.local("generate", {"messages": messages, "max_tokens": 6})[0]["text"]
+        == served.local("chat", {"messages": messages, "max_tokens": 6})[0]["text"]
     )
     status, _, raw = request(
         served.port, "POST", "/v1/chat/completions", {"messages": parts, "max_tokens": 2}
     )
     joined = [{"role": "user", "content": "Name a prime."}]
-    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == len(served.tok.encode_chat(joined))
+    want = served.local("chat", {"messages": joined, "max_tokens": 2})[0]["cache"]["prompt_tokens"]
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == want
 
 
 @pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])

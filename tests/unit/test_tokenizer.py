@@ -260,33 +260,6 @@ RENDERED = (
 )
 
 
-def test_chat_template_renders_the_role_layout(tok):
-    assert tok.apply_chat_template(MESSAGES) == RENDERED + "<|assistant|>\n"
-    assert tok.apply_chat_template(MESSAGES, add_generation_prompt=False) == RENDERED
-
-
-def test_chat_template_refuses_unknown_roles_and_bad_messages(tok):
-    with pytest.raises(TokenizerError, match="unknown chat role tool"):
-        tok.apply_chat_template([{"role": "tool", "content": "x"}])
-    with pytest.raises(TokenizerError, match="chat message 0"):
-        tok.apply_chat_template([{"role": "user", "content": ["parts"]}])
-
-
-def test_encode_chat_takes_specials_from_the_template_only(tok):
-    ids = tok.encode_chat(MESSAGES)
-    assert tok.decode(ids) == RENDERED + "<|assistant|>\n"
-    end = tok.token_to_id("<|end|>")
-    assert ids.count(end) == len(MESSAGES)
-    assert ids[-2:] == [tok.token_to_id("<|assistant|>"), *tok.encode("\n")]
-
-
-def test_missing_chat_template_is_a_clear_error(folder, tmp_path):
-    bad = _copy(folder, tmp_path)
-    _edit_json(bad / "tokenizer_config.json", lambda c: c.pop("chat_template"))
-    with pytest.raises(TokenizerError, match="no chat_template"):
-        Tokenizer.from_folder(bad).apply_chat_template(MESSAGES)
-
-
 # -- folder validation -------------------------------------------------------------------------
 
 
@@ -415,6 +388,3 @@ def test_transformers_loads_the_folder_and_agrees(folder, tok):
     text = "class A:\n\tdef f(self):\r\n        return 'é😀' * 12\n"
     assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
     assert (hf.eos_token_id, hf.pad_token_id, hf.bos_token) == (tok.fim.eot, tok.fim.pad, None)
-    assert hf.apply_chat_template(
-        MESSAGES, tokenize=False, add_generation_prompt=True
-    ) == tok.apply_chat_template(MESSAGES)
