@@ -40,7 +40,7 @@ from .protocol import (
     Sampling,
     chunk_key,
 )
-from .speculative import Grammar, SpecConfig, SpecStats, greedy_decode
+from .speculative import MASK_THREAD, Grammar, SpecConfig, SpecStats, greedy_decode
 from .tokenizer import Tokenizer, validate_against_vocab
 
 
@@ -370,11 +370,12 @@ class Engine:
                 SamplingParams(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
             )
             stopped = "length"
+            mask = None  # the next step's grammar mask, computed while the model runs
             for i in range(s.max_tokens):
                 if grammar is None:
                     token = sampler(logits)
                 else:
-                    token = sampler(grammar.allow(logits))
+                    token = sampler(grammar.allow(logits, None if mask is None else mask.result()))
                     if token not in eos:
                         grammar.advance(token)
                 if on_tokens([token]):
@@ -385,6 +386,7 @@ class Engine:
                     stopped = reason
                     break
                 if i + 1 < s.max_tokens:
+                    mask = MASK_THREAD.submit(grammar.mask) if grammar is not None else None
                     logits = self.backend.forward(seq, [token], logits_to_keep=1)[-1]
         if stopped == "length" and state["stop"]:
             stopped = "stop"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,19 +73,27 @@ def prompt_lookup(ids: np.ndarray, n_max: int, n_min: int, k: int, window: int) 
 class Grammar(Protocol):
     """What decoding needs of a constraint (``engine.chat.constrain.Constraint``)."""
 
-    def allow(self, logits: np.ndarray) -> np.ndarray: ...
+    def mask(self) -> np.ndarray: ...
+
+    def allow(self, logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray: ...
 
     def advance(self, token: int) -> None: ...
 
     def check_draft(self, tokens: Seq[int]) -> int: ...
 
 
-def pick(logits: np.ndarray, grammar: Grammar | None = None, end_ids: Seq[int] = ()) -> int:
+MASK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mellum-grammar")
+
+
+def pick(
+    logits: np.ndarray, grammar: Grammar | None = None, end_ids: Seq[int] = (), mask: Future | None = None
+) -> int:
     """The greedy token: the argmax of ``logits``, under ``grammar`` when there is one (which then
-    takes the token, unless it is an end token)."""
+    takes the token, unless it is an end token). ``mask``: this step's mask, being computed in a
+    thread while the model ran (llguidance and ONNX Runtime both release the GIL)."""
     if grammar is None:
         return int(np.argmax(logits))
-    token = int(np.argmax(grammar.allow(logits)))
+    token = int(np.argmax(grammar.allow(logits, None if mask is None else mask.result())))
     if token not in end_ids:
         grammar.advance(token)
     return token
@@ -153,6 +162,8 @@ def greedy_decode(
             draft = draft[: ends[0] if ends else len(draft)]  # an end token is never verified past
             draft = draft[: grammar.check_draft(draft)]  # nor what the grammar refuses
         n0 = len(seq.ids)
+        # the first position's mask depends only on tokens already taken: compute it meanwhile
+        first_mask = MASK_THREAD.submit(grammar.mask) if grammar is not None else None
         step_logits = backend.forward(seq, [token, *draft], logits_to_keep=len(draft) + 1)
         accepted = 0
         if grammar is None:
@@ -162,7 +173,7 @@ def greedy_decode(
             final = int(predicted[accepted])
         else:  # each position's mask at its own grammar state, once the tokens before it are accepted
             while True:
-                final = pick(step_logits[accepted], grammar, end_ids)
+                final = pick(step_logits[accepted], grammar, end_ids, first_mask if accepted == 0 else None)
                 if accepted == len(draft) or final != draft[accepted]:
                     break
                 accepted += 1

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from lsp_client import Session, capabilities, engine_pid
+from lsp_client import Session, capabilities, engine_pid, engine_settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "mellum_lsp" / "samples"
 
@@ -108,16 +108,6 @@ def server_env(private_dir):
     state = private_dir / "state"
     state.mkdir(exist_ok=True)
     return {"XDG_STATE_HOME": str(state)}
-
-
-def engine_settings(engine: Engine, **completion) -> dict:
-    return {
-        "model": {"path": engine.model},
-        "engine": {"socket": str(engine.socket), "idleExitS": 60},
-        "completion": {"debounceMs": 0, "maxTokens": 8, "prefillOnOpen": False, **completion},
-        "context": {"budgetTokens": 1024},
-        "debug": {"metrics": True},
-    }
 
 
 @pytest.fixture

@@ -181,3 +181,15 @@ class Session:
 
     async def last(self, uri: str = "") -> dict:
         return await self.request("mellum/lastCompletion", {"uri": uri})
+
+
+def engine_settings(engine, **completion) -> dict:
+    """Server settings for the session's engine (its model and socket); defined here, not in
+    conftest.py, so that tests can import it whatever other conftest modules pytest loaded."""
+    return {
+        "model": {"path": engine.model},
+        "engine": {"socket": str(engine.socket), "idleExitS": 60},
+        "completion": {"debounceMs": 0, "maxTokens": 8, "prefillOnOpen": False, **completion},
+        "context": {"budgetTokens": 1024},
+        "debug": {"metrics": True},
+    }

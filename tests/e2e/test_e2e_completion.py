@@ -33,8 +33,7 @@ async def test_initialize_and_inline_completion(lsp, workspace, model):
 async def test_completion_fallback_for_clients_without_inline_completion(
     engine, workspace, server_env, model
 ):
-    from conftest import engine_settings
-    from lsp_client import Session, capabilities
+    from lsp_client import Session, capabilities, engine_settings
 
     lsp = await Session(
         str(workspace), engine_settings(engine), capabilities(inline=False), server_env
@@ -76,8 +75,7 @@ async def test_typed_along_is_served_by_the_server(lsp, workspace):
 
 
 async def test_opening_a_document_prefills_its_context(engine, workspace, server_env):
-    from conftest import engine_settings
-    from lsp_client import Session, capabilities
+    from lsp_client import Session, capabilities, engine_settings
 
     lsp = await Session(
         str(workspace), engine_settings(engine, prefillOnOpen=True), capabilities(), server_env

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import engine_settings
-from lsp_client import Session, capabilities
+from lsp_client import Session, capabilities, engine_settings
 from lsprotocol import types
 
 pytestmark = pytest.mark.slow
