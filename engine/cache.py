@@ -8,7 +8,9 @@ to (window + margin), so typing only computes the new tokens and a jump to anoth
 recomputes the file part. Entries are evicted least-recently-used first under a byte budget.
 
 Lookup compares token ids vectorised (numpy) against each entry: a handful of entries, microseconds
-at 32K tokens. Offers ``PrefixStore`` and ``Reuse``.
+at 32K tokens. Forks share the full layers' KV pages copy-on-write (``engine.model.paged``), so a
+snapshot or a document switch copies no full-layer rows; the byte budget counts a shared page once,
+split among its holders. Offers ``PrefixStore`` and ``Reuse``.
 """
 
 from __future__ import annotations
@@ -66,12 +68,14 @@ class PrefixStore:
         return n
 
     def acquire(self, ids: list[int], document: str | None, arr: np.ndarray | None = None) -> Reuse:
-        """A sequence holding the longest reusable prefix of ``ids``, ready to be extended.
+        """A sequence holding the longest reusable prefix of ``ids`` (``arr``: the same as int64, when
+        the caller has it), ready to be extended.
 
         The document's own tip is taken out of the store (no copy); a snapshot or another
-        document's tip is forked, so the original stays for others.
+        document's tip is forked, so the original stays for others (a fork shares the full
+        layers' KV pages: it costs the same at any length).
         """
-        arr = np.asarray(ids, dtype=np.int64)
+        arr = np.asarray(ids, dtype=np.int64) if arr is None or len(arr) != len(ids) else arr
         with self._lock:
             best, best_n = None, 0
             for e in self._entries.values():
@@ -122,7 +126,14 @@ class PrefixStore:
         return True
 
     def _evict(self) -> None:
-        while self._entries and sum(e.nbytes for e in self._entries.values()) > self.budget:
+        """Drop least-recently-used entries until the bytes held fit the budget. Entries share KV
+        pages (forks of one another), so what each holds is counted again here: a page shared by n
+        holders counts 1/n for each, and evicting one raises the others' share."""
+        while self._entries:
+            for e in self._entries.values():
+                e.nbytes = self.backend.nbytes(e.seq)
+            if sum(e.nbytes for e in self._entries.values()) <= self.budget:
+                return
             victim = min(self._entries.values(), key=lambda e: e.used)
             del self._entries[victim.key]
             self.evictions += 1

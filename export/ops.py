@@ -8,6 +8,8 @@ implementation for ``torch.export``:
 - ``mellum::group_query_attention`` -- sliding-window GQA over a past/present KV cache, with
   rotary taken from per-layer-type cos/sin caches at ``position_ids`` (the contract of ONNX
   Runtime's ``com.microsoft::GroupQueryAttention``);
+- ``mellum::paged_attention`` and ``mellum::segment_prefill_attention`` (``export.paged_ops``):
+  attention over a KV cache given as segments that a runtime can share between sequences;
 - ``mellum::moe`` -- top-k routed SwiGLU experts (the contract of ``com.microsoft::MoE``).
 
 ``translation_table(portable)`` maps the ops to onnxscript functions: the contrib ops, or the
@@ -33,6 +35,7 @@ OP = values.Opset("", 18)
 # ONNX Runtime's contrib ops we emit, by domain (SimplifiedLayerNormalization lives in the ONNX domain).
 CONTRIB_OPS = (
     ("com.microsoft", "GroupQueryAttention"),
+    ("com.microsoft", "RotaryEmbedding"),
     ("com.microsoft", "MoE"),
     ("com.microsoft", "QMoE"),
     ("com.microsoft", "MatMulNBits"),
@@ -88,26 +91,26 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def _static_dim(value, axis: int, what: str) -> int:
+def static_dim(value, axis: int, what: str) -> int:
     dim = value.shape[axis] if value.shape is not None else None
     if not isinstance(dim, int):
         raise ValueError(f"the portable export needs a static {what}, got {dim!r}")
     return dim
 
 
-def _const(v, dtype=torch.int64):
+def const(v, dtype=torch.int64):
     return OP.Constant(value=onnx.numpy_helper.from_array(torch.tensor(v, dtype=dtype).numpy()))
 
 
 def _rms_onnx(x, weight, eps: float):
     h = OP.Cast(x, to=onnx.TensorProto.FLOAT)
-    ms = OP.ReduceMean(OP.Mul(h, h), _const([-1]), keepdims=1)
-    normed = OP.Mul(h, OP.Reciprocal(OP.Sqrt(OP.Add(ms, _const([eps], torch.float32)))))
+    ms = OP.ReduceMean(OP.Mul(h, h), const([-1]), keepdims=1)
+    normed = OP.Mul(h, OP.Reciprocal(OP.Sqrt(OP.Add(ms, const([eps], torch.float32)))))
     return OP.Mul(weight, OP.CastLike(normed, x))
 
 
@@ -199,16 +202,18 @@ def group_query_attention(
         q, k = _rms(q, q_norm_weight, norm_eps), _rms(k, k_norm_weight, norm_eps)
     cos = torch.cat([cos_cache[position_ids]] * 2, dim=-1).unsqueeze(1).to(query.dtype)  # (B, 1, S, D)
     sin = torch.cat([sin_cache[position_ids]] * 2, dim=-1).unsqueeze(1).to(query.dtype)
-    q = _rotate(q.transpose(1, 2), cos, sin)  # (B, H, S, D)
-    k = _rotate(k.transpose(1, 2), cos, sin)
-    present_key = torch.cat([past_key, k], dim=2)  # (B, K, T, D)
-    present_value = torch.cat([past_value, value.reshape(b, s, kv_num_heads, d).transpose(1, 2)], dim=2)
+    q = rotate(q.transpose(1, 2), cos, sin)  # (B, H, S, D)
+    k = rotate(k.transpose(1, 2), cos, sin).to(past_key.dtype)
+    v = value.reshape(b, s, kv_num_heads, d).transpose(1, 2).to(past_value.dtype)
+    present_key = torch.cat([past_key, k], dim=2)  # (B, K, T, D), in the cache dtype
+    present_value = torch.cat([past_value, v], dim=2)
     rows = torch.arange(p, p + s, device=query.device)[:, None]
     cols = torch.arange(p + s, device=query.device)[None, :]
     allowed = cols <= rows
     if local_window_size > 0:
         allowed &= cols > rows - local_window_size
-    y = F.scaled_dot_product_attention(q, present_key, present_value, attn_mask=allowed, enable_gqa=True)
+    keys, values = present_key.to(q.dtype), present_value.to(q.dtype)
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=True)
     return y.transpose(1, 2).reshape(b, s, num_heads * d), present_key, present_value
 
 
@@ -304,49 +309,47 @@ def _gqa_portable(
     norm_eps: float,
 ):
     """The same attention in standard ONNX ops; the cache is concatenated, so P = past_key's length."""
-    half = _static_dim(cos_cache, 1, "cos_cache width")
+    half = static_dim(cos_cache, 1, "cos_cache width")
     d, g = 2 * half, num_heads // kv_num_heads
     if key is None:
-        sizes = _const([num_heads * d, kv_num_heads * d, kv_num_heads * d])
+        sizes = const([num_heads * d, kv_num_heads * d, kv_num_heads * d])
         query, key, value = OP.Split(query, sizes, axis=-1, num_outputs=3)
-    q = OP.Transpose(OP.Reshape(query, _const([0, 0, num_heads, d])), perm=[0, 2, 1, 3])  # (B, H, S, D)
-    k = OP.Transpose(OP.Reshape(key, _const([0, 0, kv_num_heads, d])), perm=[0, 2, 1, 3])  # (B, K, S, D)
-    v = OP.Transpose(OP.Reshape(value, _const([0, 0, kv_num_heads, d])), perm=[0, 2, 1, 3])
+    q = OP.Transpose(OP.Reshape(query, const([0, 0, num_heads, d])), perm=[0, 2, 1, 3])  # (B, H, S, D)
+    k = OP.Transpose(OP.Reshape(key, const([0, 0, kv_num_heads, d])), perm=[0, 2, 1, 3])  # (B, K, S, D)
+    v = OP.Transpose(OP.Reshape(value, const([0, 0, kv_num_heads, d])), perm=[0, 2, 1, 3])
     if q_norm_weight is not None:
         q, k = _rms_onnx(q, q_norm_weight, norm_eps), _rms_onnx(k, k_norm_weight, norm_eps)
-    cos = OP.Unsqueeze(
-        OP.Concat(*[OP.Gather(cos_cache, position_ids)] * 2, axis=-1), _const([1])
-    )  # (B,1,S,D)
-    sin = OP.Unsqueeze(OP.Concat(*[OP.Gather(sin_cache, position_ids)] * 2, axis=-1), _const([1]))
+    cos = OP.Unsqueeze(OP.Concat(*[OP.Gather(cos_cache, position_ids)] * 2, axis=-1), const([1]))  # (B,1,S,D)
+    sin = OP.Unsqueeze(OP.Concat(*[OP.Gather(sin_cache, position_ids)] * 2, axis=-1), const([1]))
 
     def rotate(x):
-        x1 = OP.Slice(x, _const([0]), _const([half]), _const([3]))
-        x2 = OP.Slice(x, _const([half]), _const([d]), _const([3]))
+        x1 = OP.Slice(x, const([0]), const([half]), const([3]))
+        x2 = OP.Slice(x, const([half]), const([d]), const([3]))
         return OP.Add(OP.Mul(x, cos), OP.Mul(OP.Concat(OP.Neg(x2), x1, axis=-1), sin))
 
     q, k = rotate(q), rotate(k)
     present_key = OP.Concat(past_key, k, axis=2)  # (B, K, T, D)
     present_value = OP.Concat(past_value, v, axis=2)
     # Query heads h = i*g + j share KV head i: group them as (B, K, g*S, D), rows j*S + s.
-    qg = OP.Reshape(q, _const([0, kv_num_heads, -1, d]))
+    qg = OP.Reshape(q, const([0, kv_num_heads, -1, d]))
     scores = OP.Mul(
         OP.MatMul(qg, OP.Transpose(present_key, perm=[0, 1, 3, 2])),
-        OP.CastLike(_const([1.0 / math.sqrt(d)], torch.float32), query),
+        OP.CastLike(const([1.0 / math.sqrt(d)], torch.float32), query),
     )  # (B, K, g*S, T)
     past = OP.Shape(past_key, start=2, end=3)
     new = OP.Shape(query, start=1, end=2)
     total = OP.Add(past, new)
-    q_pos = OP.Tile(OP.Range(OP.Squeeze(past), OP.Squeeze(total), _const(1)), _const([g]))  # (g*S,)
-    k_pos = OP.Range(_const(0), OP.Squeeze(total), _const(1))  # (T,)
-    rows, cols = OP.Unsqueeze(q_pos, _const([1])), OP.Unsqueeze(k_pos, _const([0]))
+    q_pos = OP.Tile(OP.Range(OP.Squeeze(past), OP.Squeeze(total), const(1)), const([g]))  # (g*S,)
+    k_pos = OP.Range(const(0), OP.Squeeze(total), const(1))  # (T,)
+    rows, cols = OP.Unsqueeze(q_pos, const([1])), OP.Unsqueeze(k_pos, const([0]))
     allowed = OP.LessOrEqual(cols, rows)
     if local_window_size > 0:
-        allowed = OP.And(allowed, OP.Greater(cols, OP.Sub(rows, _const(local_window_size))))
-    masked = OP.CastLike(_const([-1e30], torch.float32), scores)  # -inf in fp16: a query always sees itself
+        allowed = OP.And(allowed, OP.Greater(cols, OP.Sub(rows, const(local_window_size))))
+    masked = OP.CastLike(const([-1e30], torch.float32), scores)  # -inf in fp16: a query always sees itself
     probs = OP.Softmax(OP.Where(allowed, scores, masked), axis=-1)
     y = OP.MatMul(probs, present_value)  # (B, K, g*S, D)
-    y = OP.Transpose(OP.Reshape(y, _const([0, num_heads, -1, d])), perm=[0, 2, 1, 3])  # (B, S, H, D)
-    return OP.Reshape(y, _const([0, 0, num_heads * d])), present_key, present_value
+    y = OP.Transpose(OP.Reshape(y, const([0, num_heads, -1, d])), perm=[0, 2, 1, 3])  # (B, S, H, D)
+    return OP.Reshape(y, const([0, 0, num_heads * d])), present_key, present_value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,22 +412,24 @@ def _moe_contrib(x, router_logits, fc1, fc2, top_k: int, normalize: bool):
 def _moe_portable(x, router_logits, fc1, fc2, top_k: int, normalize: bool):
     """Every expert runs on every token and the routing weights zero the unchosen ones (E/k x the work)."""
     probs = OP.Softmax(OP.Cast(router_logits, to=onnx.TensorProto.FLOAT), axis=-1)  # (N, E)
-    weights, experts = OP.TopK(probs, _const([top_k]), axis=-1)
+    weights, experts = OP.TopK(probs, const([top_k]), axis=-1)
     if normalize:
-        weights = OP.Div(weights, OP.ReduceSum(weights, _const([-1]), keepdims=1))
-    dense = OP.ScatterElements(OP.Mul(probs, _const([0.0], torch.float32)), experts, weights, axis=1)
-    dense = OP.CastLike(OP.Unsqueeze(OP.Transpose(dense, perm=[1, 0]), _const([1])), x)  # (E, 1, N)
+        weights = OP.Div(weights, OP.ReduceSum(weights, const([-1]), keepdims=1))
+    dense = OP.ScatterElements(OP.Mul(probs, const([0.0], torch.float32)), experts, weights, axis=1)
+    dense = OP.CastLike(OP.Unsqueeze(OP.Transpose(dense, perm=[1, 0]), const([1])), x)  # (E, 1, N)
     h = OP.MatMul(fc1, OP.Transpose(x, perm=[1, 0]))  # (E, 2I, N)
-    big = _const([2**62])
-    gate = OP.Slice(h, _const([0]), big, _const([1]), _const([2]))
-    up = OP.Slice(h, _const([1]), big, _const([1]), _const([2]))
+    big = const([2**62])
+    gate = OP.Slice(h, const([0]), big, const([1]), const([2]))
+    up = OP.Slice(h, const([1]), big, const([1]), const([2]))
     act = OP.Mul(OP.Mul(gate, OP.Sigmoid(gate)), up)  # (E, I, N)
-    out = OP.ReduceSum(OP.Mul(OP.MatMul(fc2, act), dense), _const([0]), keepdims=0)  # (C, N)
+    out = OP.ReduceSum(OP.Mul(OP.MatMul(fc2, act), dense), const([0]), keepdims=0)  # (C, N)
     return OP.Transpose(out, perm=[1, 0])
 
 
 def translation_table(portable: bool = False) -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``: contrib ops, or standard ops only."""
+    from . import paged_ops  # noqa: F401 -- registers mellum::paged_attention and its prefill twin
+
     register_contrib_schemas()
     mellum = torch.ops.mellum
     if portable:
@@ -438,5 +443,7 @@ def translation_table(portable: bool = False) -> dict:
         mellum.rms_norm.default: _rms_norm_contrib,
         mellum.add_rms_norm.default: _add_rms_norm_contrib,
         mellum.group_query_attention.default: _gqa_contrib,
+        mellum.paged_attention.default: paged_ops.paged_attention_contrib,
+        mellum.segment_prefill_attention.default: paged_ops.segment_prefill_contrib,
         mellum.moe.default: _moe_contrib,
     }

@@ -47,13 +47,21 @@ def sample_ids(model_dir: str | Path, vocab: int, n: int, seed: int = 0) -> list
     return ids[:n]
 
 
-def verify(folder: str | Path, model, ids: list[int], decode: int = 8, threads: int | None = None) -> Parity:
-    """Run ``ids`` (prefill) then ``decode`` more tokens greedily through both backends, in fp32 logits."""
+def verify(
+    folder: str | Path,
+    model,
+    ids: list[int],
+    decode: int = 8,
+    threads: int | None = None,
+    kv_dtype: str = "fp16",
+) -> Parity:
+    """Run ``ids`` (prefill) then ``decode`` more tokens greedily through both backends, in fp32 logits,
+    both storing the KV cache in ``kv_dtype``."""
     from engine.backends.ort_backend import OrtBackend
     from engine.backends.torch_backend import TorchBackend
 
-    ort_backend = OrtBackend.load(folder, threads=threads)
-    torch_backend = TorchBackend(model, str(folder), threads)
+    ort_backend = OrtBackend.load(folder, threads=threads, kv_dtype=kv_dtype)
+    torch_backend = TorchBackend(model, str(folder), threads, kv_dtype=kv_dtype)
     so, st = ort_backend.new_sequence(), torch_backend.new_sequence()
     a = ort_backend.forward(so, ids, logits_to_keep=0)
     b = torch_backend.forward(st, ids, logits_to_keep=0)

@@ -4,20 +4,27 @@ Offers ``OrtBackend`` (the ``Backend`` interface, MTP drafting through ``mtp.onn
 per-sequence ``OrtState``. Imports neither torch nor ``export``: the config is read with the pure
 Python ``engine.model.config.from_hf``.
 
-The KV cache is the engine's own, in numpy: one array per group of layers that share a window
-policy (full layers, sliding layers, the MTP layer), shaped (layers, 2, 1, K, capacity, D). Full
-layers keep every position; sliding layers keep their window plus a rollback margin (trimmed
-exactly as ``engine.model.kv.LayerKV`` trims, so both backends refuse the same rollbacks). Each
-layer's (1, K, capacity, D) slab is bound through IO binding as both its past input and its present
-output: GroupQueryAttention writes the new rows in place at ``seqlens_k``, so a step copies no
-cache. Sliding layers pass ``sliding_cache_start`` (the position of row 0) so the graph sees their
-buffer as a window. Graphs without in-place attention (``--portable``, or a session on a GPU while
-the cache stays in host memory) take the "concat" path: exact-length pasts in, presents copied back.
+The KV cache is the engine's own, in numpy, per group of layers that share a window policy (full
+layers, sliding layers, the MTP layer; ``engine.backends.ort_kv``), in the dtype the export chose
+(``--kv-dtype``, fp16 by default). Sliding layers keep their window plus a rollback margin; each
+layer's (1, K, capacity, D) slab is bound through IO binding as both its past input and its
+present output, GroupQueryAttention writing the new rows in place at ``seqlens_k``;
+``sliding_cache_start`` (the position of row 0) lets the graph see the buffer as a window.
+
+Paged exports (the default): full-attention layers are pages shared copy-on-write between forks
+(``engine.model.paged``), bound as the graph's ``kv_segments`` segments, and the graph returns their
+new rows, which are stored here -- so ``fork`` costs the same at 32K tokens as at 2K. A few-token
+run's attention scores grow with new tokens x cached tokens, so such a forward is split into runs
+that stay under ``SCORES_BUDGET`` (longer chunks go through GroupQueryAttention inside the graph). The
+MTP graph drafts ``mtp_drafts`` tokens per call.
+
+Contiguous exports (``--kv-layout contiguous``) keep every layer in one growing slab (a fork
+copies it); graphs without in-place attention (``--portable``, or a session on a GPU while the
+cache stays in host memory) take the "concat" path: exact-length pasts in, presents copied back.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .. import kv_policy
 from ..model.config import (
     EXPORT_METADATA_KEY,
     FULL,
@@ -35,155 +41,13 @@ from ..model.config import (
     MellumConfig,
     from_hf,
 )
+from ..model.paged import Slab
 from .base import Backend, Sequence
+from .ort_kv import PagedGroup, Rows, WindowKV, slab_value
 
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-class _KV:
-    """KV rows of a group of layers with one window policy, as (layers, 2, 1, K, capacity, D) arrays.
-
-    Holds positions [start, end), split at ``split``: the "live" array ``a`` (row r = position
-    split + r) is what the session sees; a sliding group keeps only its last window - 1 rows (plus
-    up to ``LIVE_SLACK``) live and moves older ones to the ``attic`` array (positions [attic_start,
-    split)), because GroupQueryAttention's CPU kernel scans every row it is given, window or not.
-    A rollback into the attic moves rows back. What is held follows ``LayerKV`` exactly: growth by
-    an eighth (at least 256 rows); a sliding group keeps window - 1 + margin positions, dropping
-    older ones in chunks: the rules of ``engine.kv_policy``, shared with ``LayerKV``. Full groups have no attic.
-    """
-
-    LIVE_SLACK = 32  # extra live rows before older ones move to the attic (amortises the shift)
-
-    def __init__(self, layers: int, heads: int, dim: int, dtype, window: int | None, margin: int, start=0):
-        self.a = np.zeros((layers, 2, 1, heads, 0, dim), dtype)
-        self.attic = np.zeros_like(self.a)
-        self.window, self.margin = window, margin
-        self.origin = self.start = self.split = self.end = self.attic_start = (
-            start  # origin: first position ever held
-        )
-        self.values: list[ort.OrtValue] = []  # per (layer, k/v), views of ``a``
-        self.version = 0  # bumped whenever ``a`` is reallocated (bindings must follow)
-
-    @property
-    def used(self) -> int:
-        """Live rows (what the session sees)."""
-        return self.end - self.split
-
-    @property
-    def capacity(self) -> int:
-        return self.a.shape[4]
-
-    def _realloc(self, cap: int) -> None:
-        a = np.zeros((*self.a.shape[:4], cap, self.a.shape[5]), self.a.dtype)
-        a[..., : self.used, :] = self.a[..., : self.used, :]
-        self.a = a
-        self.values = [ort.OrtValue.ortvalue_from_numpy(a[i, j]) for i in range(a.shape[0]) for j in (0, 1)]
-        self.version += 1
-
-    def reserve(self, t: int) -> None:
-        """Room for ``t`` more live rows."""
-        n = self.used + t
-        if n > self.capacity:
-            self._realloc(kv_policy.grown_capacity(n))
-
-    def _attic_append(self, rows: np.ndarray) -> None:
-        """Append rows of positions [split, split + n) to the attic, dropping attic rows below ``start``."""
-        n = rows.shape[4]
-        lo = min(max(self.attic_start, self.start), self.split + n)  # the first position worth keeping
-        kept = max(0, self.split - lo)  # attic rows [lo, split) stay
-        skip = max(0, lo - self.split)  # new rows below lo are not kept
-        total = kept + n - skip
-        if lo != self.attic_start or total > self.attic.shape[4]:
-            cap = max(total, self.attic.shape[4])
-            attic = np.zeros((*self.attic.shape[:4], cap, self.attic.shape[5]), self.attic.dtype)
-            attic[..., :kept, :] = self.attic[..., lo - self.attic_start : lo - self.attic_start + kept, :]
-            self.attic, self.attic_start = attic, lo
-        self.attic[..., kept:total, :] = rows[..., skip:, :]
-
-    def trim(self) -> None:
-        if self.window is None:
-            return
-        self.start = kv_policy.trimmed_start(self.start, self.end, self.window, self.margin)
-        live = self.window - 1
-        if self.used > live + self.LIVE_SLACK:
-            old = self.used - live
-            self._attic_append(self.a[..., :old, :])
-            self.a[..., :live, :] = self.a[..., old : self.used, :]  # in place: the bound slabs stay valid
-            self.split += old
-            if self.capacity > 2 * (live + self.LIVE_SLACK) + 256:  # a long chunk has passed: give it back
-                self._realloc(live + self.LIVE_SLACK + 256)
-        if self.start - self.attic_start > 2 * self.LIVE_SLACK:
-            self._attic_append(self.a[..., :0, :])  # release attic rows no rollback can reach
-
-    def lowest_truncation(self) -> int:
-        return kv_policy.lowest_truncation(self.window, self.start, self.origin)
-
-    def truncate(self, n: int) -> None:
-        """Forget positions >= n (the caller checked ``lowest_truncation``); refill the live window."""
-        self.end = min(self.end, max(n, self.start))
-        if self.end < self.split:  # every live row is gone (and the attic rows >= end with them)
-            self.split = self.end
-        if self.window is None:
-            return
-        need = max(self.start, self.end - (self.window - 1))  # the first position live rows must hold
-        if need >= self.split:
-            return
-        back, live = self.split - need, self.used  # rows that come back from the attic, rows staying
-        self.reserve(back)
-        self.a[..., back : back + live, :] = self.a[..., :live, :]
-        first = need - self.attic_start
-        self.a[..., :back, :] = self.attic[..., first : first + back, :]
-        self.split = need
-
-    def reset(self, position: int) -> None:
-        """Empty, as a fresh cache whose first position is ``position``."""
-        self.origin = self.start = self.split = self.end = self.attic_start = position
-
-    def nbytes(self) -> int:
-        return self.a.nbytes + self.attic.nbytes
-
-    def compact(self) -> None:
-        if self.capacity > max(self.used, 1):
-            self._realloc(max(self.used, 1))
-        self._attic_append(self.a[..., :0, :])
-        held = self.split - self.attic_start
-        if self.attic.shape[4] > held:
-            self.attic = self.attic[..., :held, :].copy()
-
-    def copy(self) -> _KV:
-        other = copy.copy(self)
-        other.attic = self.attic.copy()
-        other._realloc(self.capacity)  # a fresh live array holding the used rows, and its own OrtValues
-        return other
-
-
-class _Rows:
-    """Main-model hidden states of the positions the MTP layer has not read yet: rows [start, end)."""
-
-    def __init__(self, width: int, dtype) -> None:
-        self.a = np.zeros((64, width), dtype)
-        self.start = self.end = 0
-
-    def append(self, position: int, rows: np.ndarray) -> None:
-        if self.end == self.start:
-            self.start = self.end = position
-        n, used = rows.shape[0], self.end - self.start
-        if used + n > self.a.shape[0]:
-            a = np.zeros((2 * (used + n), self.a.shape[1]), self.a.dtype)
-            a[:used] = self.a[:used]
-            self.a = a
-        self.a[used : used + n] = rows
-        self.end += n
-
-    def bound(self, keep: int) -> None:
-        """Drop all but the last ``keep`` rows once more than twice that many are held."""
-        used = self.end - self.start
-        if used > 2 * keep:
-            self.a[:keep] = self.a[used - keep : used]
-            self.start = self.end - keep
-
-    def rows(self, begin: int, end: int) -> np.ndarray:
-        return self.a[begin - self.start : end - self.start]
+KV_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16}
+SCORES_BUDGET = 192 * 2**20  # bytes of attention scores (and their copies) one run may hold
 
 
 class _IO:
@@ -215,12 +79,17 @@ class _IO:
             self.binding.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
             self.bound[name] = a
 
+    def bind_value(self, name: str, value: ort.OrtValue) -> None:
+        if self.bound.get(name) is not value:
+            self.binding.bind_ortvalue_input(name, value)
+            self.bound[name] = value  # keeps the OrtValue (and its array) alive while bound
+
 
 @dataclass
 class OrtState:
-    groups: dict[str, _KV]  # "full", "sliding" (those present in the model)
-    mtp: _KV | None = None
-    pending: _Rows | None = None
+    groups: dict[str, WindowKV | PagedGroup]  # "full", "sliding" (those present in the model)
+    mtp: WindowKV | PagedGroup | None = None
+    pending: Rows | None = None
     io: dict[str, _IO] = field(default_factory=dict)  # per graph ("main", "mtp")
 
 
@@ -237,10 +106,18 @@ class _Graph:
         self.meta = json.loads(meta[EXPORT_METADATA_KEY])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.optional = {i.name for i in self.session.get_overridable_initializers()}
-        self.kv_dtype = _NP_DTYPES[self.inputs["past_key_values.0.key"].type]
+        hidden = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_outputs()]}[
+            "hidden_states"
+        ]
+        self.dtype = _NP_DTYPES[hidden.type]  # the compute dtype (hidden states), what sliding layers store
+        self.kv_dtype = {"fp16": np.float16, "fp32": np.float32}.get(self.meta.get("kv_dtype"), self.dtype)
         self.on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
+        self.paged = self.meta.get("kv_cache") == "paged"
+        # segments per paged layer: the inputs past_key_values.N.key.J the graph has
+        self.segments = 1 + max((int(n.split(".")[3]) for n in self.inputs if n.count(".") == 3), default=0)
+        self.drafts = int(self.meta.get("mtp_drafts") or 1)
         # In-place KV needs the cache in the memory the kernel runs on; ours lives in host numpy.
-        self.in_place = self.meta.get("kv_cache") == "shared" and not self.on_gpu
+        self.in_place = self.meta.get("kv_cache") in ("shared", "paged") and not self.on_gpu
 
     def has(self, name: str) -> bool:
         return name in self.inputs or name in self.optional
@@ -249,7 +126,9 @@ class _Graph:
 class OrtBackend(Backend):
     name = "ort"
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, threads: int | None = None, kv_dtype: str | None = None
+    ) -> None:
         model_dir = Path(model_dir)
         path = model_dir / "config.json"
         for name in ("model.onnx", "config.json"):
@@ -282,8 +161,17 @@ class OrtBackend(Backend):
                 f"{model_dir} was exported with --target cuda (q/k norms fused into GroupQueryAttention), "
                 "which the CPU kernel rejects: re-export with --target cpu or run on a CUDA device"
             )
+        stored = next(k for k, v in KV_DTYPE_NAMES.items() if v == self.main.kv_dtype)
+        if kv_dtype is not None and kv_dtype != stored:
+            raise ConfigError(
+                f"{model_dir} stores its KV cache in {stored} (chosen at export); asked for {kv_dtype}: "
+                f"re-export with `mellum-lsp export --kv-dtype {kv_dtype}` or use kv_dtype={stored!r}"
+            )
+        self.kv_dtype = stored
         mtp_path = model_dir / "mtp.onnx"
         self.mtp = _Graph(mtp_path, options, _providers()) if mtp_path.is_file() and self.config.mtp else None
+        if self.mtp is not None and self.mtp.paged != self.main.paged:
+            raise ConfigError(f"{model_dir}: model.onnx and mtp.onnx have different KV layouts (two exports)")
         c = self.config
         self.max_positions = int(self.main.meta.get("max_positions") or c.max_position_embeddings)
         self._layer_slot = []  # layer -> (group, index in group)
@@ -294,10 +182,16 @@ class OrtBackend(Backend):
             counts[g] = counts.get(g, 0) + 1
         self._group_sizes = counts
         self._ones = np.ones((1, 1024), np.int64)
+        # bound to the segment inputs a sequence does not use (length 0: every row masked)
+        self._empty = Slab(
+            np.zeros((max(counts.values()), 2, 1, c.num_kv_heads, 1, c.head_dim), self.main.kv_dtype)
+        )
 
     @classmethod
-    def load(cls, model_dir: str | Path, threads: int | None = None) -> OrtBackend:
-        return cls(model_dir, threads)
+    def load(
+        cls, model_dir: str | Path, threads: int | None = None, kv_dtype: str | None = None
+    ) -> OrtBackend:
+        return cls(model_dir, threads, kv_dtype)
 
     @property
     def has_mtp(self) -> bool:
@@ -305,26 +199,27 @@ class OrtBackend(Backend):
 
     # -- sequences -------------------------------------------------------------------------
 
+    def _group(self, graph: _Graph, layers: int, layer_type: str, margin: int, start: int = 0):
+        c = self.config
+        window = c.window_of(layer_type)
+        if graph.paged and window is None:
+            return PagedGroup(
+                layers, c.num_kv_heads, c.head_dim, graph.kv_dtype, graph.segments, margin, start
+            )
+        dtype = graph.dtype if window is not None else graph.kv_dtype  # sliding layers: the compute dtype
+        return WindowKV(layers, c.num_kv_heads, c.head_dim, dtype, window, margin, start)
+
     def new_sequence(self, margin: int = 256) -> Sequence:
         c = self.config
         groups = {
-            g: _KV(
-                n,
-                c.num_kv_heads,
-                c.head_dim,
-                self.main.kv_dtype,
-                c.window_of(FULL if g == "full" else SLIDING),
-                margin,
-            )
+            g: self._group(self.main, n, FULL if g == "full" else SLIDING, margin)
             for g, n in self._group_sizes.items()
         }
         state = OrtState(groups)
         if self.mtp is not None:
             # MTP entry p combines token p with the main hidden state at p-1: it starts at 1.
-            state.mtp = _KV(
-                1, c.num_kv_heads, c.head_dim, self.mtp.kv_dtype, c.window_of(c.mtp.layer_type), margin, 1
-            )
-            state.pending = _Rows(c.hidden_size, self.main.kv_dtype)
+            state.mtp = self._group(self.mtp, 1, c.mtp.layer_type, margin, 1)
+            state.pending = Rows(c.hidden_size, self.main.dtype)
         return Sequence([], state)
 
     def _mask(self, n: int) -> np.ndarray:
@@ -338,9 +233,26 @@ class OrtBackend(Backend):
             io = st.io[key] = _IO(graph.session)
         return io
 
+    def _bind_segments(
+        self, graph: _Graph, io: _IO, layer: int, group, index: int, lengths: np.ndarray
+    ) -> None:
+        """Bind a paged graph's segment inputs of ``layer`` to the rows ``group`` holds."""
+        if isinstance(group, PagedGroup):
+            views = [(slab, n, None) for slab, n in group.views()]
+        else:  # a window's live rows, as one segment
+            views = [(None, group.used, group.values[2 * index : 2 * index + 2])]
+        for j in range(graph.segments):
+            slab, n, values = views[j] if j < len(views) else (self._empty, 0, None)
+            for kind, name in enumerate(("key", "value")):
+                value = values[kind] if values is not None else slab_value(slab, index, kind)
+                io.bind_value(f"past_key_values.{layer}.{name}.{j}", value)
+            lengths[j] = n
+
     def _run(self, graph: _Graph, io: _IO, feeds: dict, kv: list, outputs: dict) -> dict:
-        """Run ``graph`` with numpy ``feeds`` and ``outputs``, and the KV slots ``kv`` [(group, index, rows
-        before the step)]; returns the presents it fetched (the concat mode only)."""
+        """Run ``graph`` with numpy ``feeds`` and ``outputs`` and the KV of its layers ``kv`` [(group,
+        index, rows before the step)]: paged groups bind their segments (``outputs`` holds where
+        their new rows go), window groups their slab in place, or (concat mode) their exact rows.
+        Returns the presents it fetched (the concat mode only)."""
         for name, value in feeds.items():
             if graph.has(name):
                 io.bind_input(name, np.ascontiguousarray(value))
@@ -348,6 +260,8 @@ class OrtBackend(Backend):
             io.bind_output(name, value)
         fetch = []
         for i, (group, index, used) in enumerate(kv):
+            if graph.paged and (isinstance(group, PagedGroup) or graph is self.mtp):
+                continue  # bound by the caller through _bind_segments
             for j, kind in enumerate(("key", "value")):
                 past, present = f"past_key_values.{i}.{kind}", f"present.{i}.{kind}"
                 if graph.in_place:  # one slab as past and present: the op writes the new rows in place
@@ -368,8 +282,14 @@ class OrtBackend(Backend):
         got = io.binding.get_outputs()
         return {name: got[names.index(name)].numpy() for name in fetch}
 
+    def _chunks(self, s: int, held: int, heads: int) -> list[int]:
+        """Sizes of the runs a forward of ``s`` tokens over ``held`` cached ones is split into."""
+        total = held + s + max(256, (held + s) // 8)  # rows attention reads, spare capacity included
+        per_token = 3 * 4 * heads * total  # scores, masked scores and probabilities, fp32
+        step = max(1, min(s, SCORES_BUDGET // per_token))
+        return [min(step, s - i) for i in range(0, s, step)]
+
     def forward(self, seq: Sequence, ids: list[int], logits_to_keep: int = 1) -> np.ndarray:
-        st: OrtState = seq.state
         c = self.config
         n0, s = len(seq.ids), len(ids)
         if s == 0:
@@ -379,9 +299,31 @@ class OrtBackend(Backend):
             raise ValueError(
                 f"{n0 + s} positions exceed the {self.max_positions} this export has rotary tables for"
             )
+        # paged exports attend to up to prefill_rows new tokens with one MatMul per segment: split a
+        # run whose scores would be too large (longer chunks go through GroupQueryAttention)
+        short = self.main.paged and s <= int(self.main.meta.get("prefill_rows") or 0)
+        sizes = self._chunks(s, n0, c.num_heads) if short else [s]
+        if len(sizes) == 1:
+            return self._forward(seq, ids, keep)
+        out, done = [], 0
+        for size in sizes:
+            # logits of positions [s - keep, s) that fall in this run
+            want = max(0, min(size, done + size - (s - keep)))
+            logits = self._forward(seq, ids[done : done + size], max(want, 1))
+            if want:
+                out.append(logits[-want:])
+            done += size
+        return np.concatenate(out)
+
+    def _forward(self, seq: Sequence, ids: list[int], keep: int) -> np.ndarray:
+        """One run of the decoder on ``ids``: the last ``keep`` logits."""
+        st: OrtState = seq.state
+        c = self.config
+        n0, s = len(seq.ids), len(ids)
         for g in st.groups.values():
             g.reserve(s)
-        kv = [(st.groups[g], i, st.groups[g].used) for g, i in self._layer_slot]
+        kv = [(st.groups[g], i, st.groups[g].used if isinstance(st.groups[g], WindowKV) else 0)
+              for g, i in self._layer_slot]  # fmt: skip
         sliding = st.groups.get("sliding")
         io = self._io(st, "main", self.main)
         if s == 1:  # a decoding step: reuse the buffers bound last time, written in place
@@ -389,11 +331,11 @@ class OrtBackend(Backend):
             input_ids[0, 0] = ids[0]
             positions = io.buffer("position_ids", (1, 1), np.int64)
             positions[0, 0] = n0
-            hidden = io.buffer("hidden_states", (1, 1, c.hidden_size), self.main.kv_dtype)
+            hidden = io.buffer("hidden_states", (1, 1, c.hidden_size), self.main.dtype)
         else:
             input_ids = np.asarray([ids], np.int64)
             positions = np.arange(n0, n0 + s, dtype=np.int64)[None]
-            hidden = np.empty((1, s, c.hidden_size), self.main.kv_dtype)
+            hidden = np.empty((1, s, c.hidden_size), self.main.dtype)
         start = io.buffer("sliding_cache_start", (1,), np.int64)
         start[0] = sliding.split if sliding else 0  # the position of the live rows' first row
         n_keep = io.buffer("num_logits_to_keep", (1,), np.int64)
@@ -406,7 +348,25 @@ class OrtBackend(Backend):
             "sliding_cache_start": start,
             "num_logits_to_keep": n_keep,
         }
-        presents = self._run(self.main, io, feeds, kv, {"logits": logits, "hidden_states": hidden})
+        outputs = {"logits": logits, "hidden_states": hidden}
+        full = st.groups.get("full")
+        rows = None
+        if isinstance(full, PagedGroup):
+            lengths = io.buffer("past_lengths", (self.main.segments,), np.int64)
+            for i, (group, index, _) in enumerate(kv):
+                if group is full:
+                    self._bind_segments(self.main, io, i, group, index, lengths)
+            feeds["past_lengths"] = lengths
+            feeds["attention_bias"] = self._bias(io, full, s)
+            k, d = c.num_kv_heads, c.head_dim
+            rows = io.buffer("present_full", (self._group_sizes["full"], 2, 1, k, s, d), self.main.kv_dtype)
+            for i, (group, index, _) in enumerate(kv):
+                if group is full:
+                    outputs[f"present.{i}.key"] = rows[index, 0]
+                    outputs[f"present.{i}.value"] = rows[index, 1]
+        presents = self._run(self.main, io, feeds, kv, outputs)
+        if rows is not None:
+            full.store(rows)
         self._store(kv, presents, s)
         seq.ids.extend(ids)
         if st.pending is not None:
@@ -416,11 +376,33 @@ class OrtBackend(Backend):
                 st.pending.bound(window + st.mtp.margin)
         return logits[0].copy()  # the buffer is reused by the next step
 
+    def _bias(self, io: _IO, full: PagedGroup, s: int) -> np.ndarray:
+        """The additive mask of a few-token run over the full layers' bound rows (every segment's
+        capacity, then the ``s`` new rows): 0 where a query may look, -1e30 elsewhere. One per run,
+        shared by the layers; a longer chunk goes through GroupQueryAttention and reads none."""
+        if s > int(self.main.meta.get("prefill_rows") or 0):
+            return np.zeros((1, 1), np.float32)
+        views = full.views()
+        caps = [slab.capacity for slab, _ in views] + [self._empty.capacity] * (
+            self.main.segments - len(views)
+        )
+        held = [n for _, n in views] + [0] * (self.main.segments - len(views))
+        bias = io.buffer("attention_bias", (s, sum(caps) + s), np.float32)
+        bias.fill(-1e30)
+        offset = 0
+        for cap, n in zip(caps, held, strict=True):
+            bias[:, offset : offset + n] = 0.0
+            offset += cap
+        bias[:, offset:] = np.triu(np.full((s, s), -1e30, np.float32), 1)  # causal among the new rows
+        return bias
+
     @staticmethod
     def _store(kv: list, presents: dict, s: int) -> None:
-        """Advance every group by ``s`` rows (copying the new rows back in the concat mode), then trim."""
+        """Advance every window group by ``s`` rows (copying the new rows back in the concat mode), then trim."""
         groups = {}
         for i, (group, index, used) in enumerate(kv):
+            if isinstance(group, PagedGroup):
+                continue  # stored from its own output buffer
             for j, kind in enumerate(("key", "value")):
                 present = presents.get(f"present.{i}.{kind}")
                 if present is not None:
@@ -456,19 +438,18 @@ class OrtBackend(Backend):
         return max(g.lowest_truncation() for g in seq.state.groups.values())
 
     def fork(self, seq: Sequence) -> Sequence:
+        """An independent sequence: full layers of paged exports share pages (no rows copied); sliding
+        layers (window + margin rows), the MTP layer and pending hidden states are copied."""
         st: OrtState = seq.state
-        pending = None
-        if st.pending is not None:
-            pending = _Rows.__new__(_Rows)
-            pending.a, pending.start, pending.end = st.pending.a.copy(), st.pending.start, st.pending.end
         state = OrtState(
             {g: kv.copy() for g, kv in st.groups.items()},
             st.mtp.copy() if st.mtp is not None else None,
-            pending,
+            st.pending.copy() if st.pending is not None else None,
         )
         return Sequence(list(seq.ids), state)
 
     def nbytes(self, seq: Sequence) -> int:
+        """Bytes the sequence's KV holds; pages shared with forks count divided among their holders."""
         st: OrtState = seq.state
         held = sum(g.nbytes() for g in st.groups.values())
         if st.mtp is not None:
@@ -485,24 +466,78 @@ class OrtBackend(Backend):
     def _mtp_step(
         self, st: OrtState, tokens: list[int], hidden: np.ndarray, position: int
     ) -> tuple[int, np.ndarray]:
-        """Run the MTP layer on ``tokens`` at positions position.. ; returns the greedy draft and the last hidden."""
+        """Contiguous exports: the MTP layer on ``tokens`` at positions position.. ; returns the greedy
+        draft and the last hidden."""
         c, m = self.config, st.mtp
         s = len(tokens)
         m.reserve(s)
         io = self._io(st, "mtp", self.mtp)
         feeds = {
             "input_ids": np.asarray([tokens], np.int64),
-            "hidden_states": np.ascontiguousarray(hidden[None], dtype=self.mtp.kv_dtype),
+            "hidden_states": np.ascontiguousarray(hidden[None], dtype=self.mtp.dtype),
             "attention_mask": self._mask(m.used + s),
             "position_ids": np.arange(position, position + s, dtype=np.int64)[None],
             "num_logits_to_keep": np.ones(1, np.int64),
         }
         logits = io.buffer("logits", (1, 1, c.vocab_size), np.float32)
-        out = np.empty((1, s, c.hidden_size), self.mtp.kv_dtype)
+        out = np.empty((1, s, c.hidden_size), self.mtp.dtype)
         kv = [(m, 0, m.used)]
         presents = self._run(self.mtp, io, feeds, kv, {"logits": logits, "hidden_states_out": out})
         self._store(kv, presents, s)
         return int(np.argmax(logits[0, -1])), out[0, -1:]
+
+    def _mtp_drafts(
+        self, st: OrtState, tokens: list[int], hidden: np.ndarray, position: int
+    ) -> tuple[list[int], np.ndarray]:
+        """Paged exports: one call of the draft graph on ``tokens`` at positions position.. -> its
+        ``mtp_drafts`` drafts and the last hidden state; the rows of the tokens and of the chained
+        steps are stored."""
+        c, m, g = self.config, st.mtp, self.mtp
+        s, rows_out = len(tokens), len(tokens) + g.drafts - 1
+        m.reserve(rows_out)
+        io = self._io(st, "mtp", g)
+        feeds = {
+            "input_ids": np.asarray([tokens], np.int64),
+            "hidden_states": np.ascontiguousarray(hidden[None], dtype=g.dtype),
+            "position_ids": np.arange(position, position + s, dtype=np.int64)[None],
+        }
+        if g.has("past_lengths"):  # a full-attention MTP layer: its pages as segments
+            lengths = io.buffer("past_lengths", (g.segments,), np.int64)
+            self._bind_segments(g, io, 0, m, 0, lengths)
+            start = io.buffer("past_start", (1,), np.int64)
+            start[0] = m.origin
+            feeds.update(past_lengths=lengths, past_start=start)
+        else:  # a sliding one: its window's live rows as one past, GroupQueryAttention chained in the graph
+            feeds["attention_mask"] = self._mask(m.used + s)
+            for j, kind in enumerate(("key", "value")):
+                feeds[f"past_key_values.0.{kind}"] = m.a[0, j, :, :, : m.used]
+        drafts = io.buffer("drafts", (1, g.drafts), np.int64)
+        last = io.buffer("hidden_states_out", (1, 1, c.hidden_size), g.dtype)
+        rows = io.buffer("present_mtp", (1, 2, 1, c.num_kv_heads, rows_out, c.head_dim), m.dtype)
+        outputs = {"drafts": drafts, "present.0.key": rows[0, 0], "present.0.value": rows[0, 1],
+                   "hidden_states_out": last}  # fmt: skip
+        self._run(g, io, feeds, [(m, 0, 0)], outputs)
+        m.store(rows)
+        return drafts[0].tolist(), last[0].copy()
+
+    def _draft_paged(self, st: OrtState, tokens: list[int], hidden: np.ndarray, m0: int, n: int) -> list[int]:
+        """Catch the MTP cache up on ``tokens`` (from position m0, the last one the main model's next
+        token) and draft; further calls chain on the last draft until ``n`` are made."""
+        m, end, per_call = st.mtp, m0 + len(tokens) - 1, self.mtp.drafts
+        out, h, done = [], None, 0
+        for size in self._chunks(len(tokens), m.end - m.start, self.config.num_heads):
+            if m.end > m0 + done:  # the chained rows of the previous chunk's call
+                m.truncate(m0 + done)
+            out, h = self._mtp_drafts(st, tokens[done : done + size], hidden[done : done + size], m0 + done)
+            done += size
+        while len(out) < n and end + len(out) + per_call <= self.max_positions:
+            more, h = self._mtp_drafts(st, [out[-1]], h, end + len(out))
+            out += more
+        if end + 1 < m.lowest_truncation():  # the chain ran past the margin: rebuild on the next draft
+            m.reset(1)
+        else:
+            m.truncate(end + 1)
+        return out[:n]
 
     def draft(self, seq: Sequence, next_token: int, n: int) -> list[int]:
         """Up to ``n`` greedy drafts of the tokens after ``next_token`` (the main model's next token).
@@ -510,7 +545,8 @@ class OrtBackend(Backend):
         As ``TorchBackend.draft``: MTP entry p combines token p with the main hidden state at p-1
         and predicts token p+1. The MTP cache first catches up on every position up to
         ``len(seq.ids)``; further drafts chain the layer on its own hidden state and are dropped
-        from the MTP cache afterwards, since the main model has not confirmed them.
+        from the MTP cache afterwards, since the main model has not confirmed them. A paged
+        export's draft graph makes ``mtp_drafts`` of them per call.
         """
         st: OrtState = seq.state
         end = len(seq.ids)
@@ -526,11 +562,16 @@ class OrtBackend(Backend):
         if m0 - 1 < p.start:  # the hidden states it needs are gone: restart the MTP cache
             m.reset(p.start + 1)
             m0 = m.end
+        tokens = seq.ids[m0:end] + [next_token]
+        hidden = p.rows(m0 - 1, end)
+        if self.mtp.paged:
+            if end + self.mtp.drafts > self.max_positions:  # the chained drafts would pass the rotary tables
+                return []
+            return self._draft_paged(st, tokens, hidden, m0, n)
         n = min(n, self.max_positions - end)  # draft p sits at position end + p
         if n <= 0:
             return []
-        tokens = seq.ids[m0:end] + [next_token]
-        token, h = self._mtp_step(st, tokens, p.rows(m0 - 1, end), m0)
+        token, h = self._mtp_step(st, tokens, hidden, m0)
         drafts = [token]
         for i in range(1, n):
             token, h = self._mtp_step(st, [drafts[-1]], h, end + i)

@@ -1,15 +1,18 @@
-"""The PyTorch reference backend: our ``Mellum`` module over its external KV cache."""
+"""The PyTorch reference backend: our ``Mellum`` module over its external KV cache.
+
+The KV cache is stored in ``kv_dtype`` (fp16 by default, fp32 for bit-level parity) whatever the
+model's dtype; full layers are paged, so ``fork`` shares them instead of copying (``engine.model.paged``).
+"""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..checkpoint import load_model
-from ..model.kv import CacheError, KVCache
+from ..model.kv import KV_DTYPES, CacheError, KVCache
 from ..model.mellum import Mellum
 from .base import Backend, Sequence
 
@@ -30,7 +33,12 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, model: Mellum, model_dir: str = "", threads: int | None = None, decode_threads: int = 1
+        self,
+        model: Mellum,
+        model_dir: str = "",
+        threads: int | None = None,
+        decode_threads: int = 1,
+        kv_dtype: str = "fp16",
     ) -> None:
         # Prefill chunks use every thread; the few-token forwards of decoding use one, because
         # a parallel region waits for its slowest thread and the editor's machine is never idle
@@ -40,18 +48,24 @@ class TorchBackend(Backend):
         self.model = model.eval()
         self.config = model.config
         self.model_dir = model_dir
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
+        self.kv_dtype = kv_dtype
+        self._kv = KV_DTYPES[kv_dtype]
 
     @classmethod
-    def load(cls, model_dir: str, dtype: str = "fp32", threads: int | None = None) -> TorchBackend:
-        return cls(load_model(model_dir, dtype=dtype), model_dir, threads)
+    def load(
+        cls, model_dir: str, dtype: str = "fp32", threads: int | None = None, kv_dtype: str = "fp16"
+    ) -> TorchBackend:
+        return cls(load_model(model_dir, dtype=dtype), model_dir, threads, kv_dtype=kv_dtype)
 
     @property
     def has_mtp(self) -> bool:
         return self.model.mtp is not None
 
     def new_sequence(self, margin: int = 256) -> Sequence:
-        mtp = KVCache.for_mtp(self.config, margin) if self.has_mtp else None
-        return Sequence([], TorchState(KVCache.for_model(self.config, margin), mtp))
+        mtp = KVCache.for_mtp(self.config, margin, self._kv) if self.has_mtp else None
+        return Sequence([], TorchState(KVCache.for_model(self.config, margin, self._kv), mtp))
 
     def _threads_for(self, n: int) -> None:
         torch.set_num_threads(self.decode_threads if n <= SMALL_FORWARD else self.threads)
@@ -90,12 +104,12 @@ class TorchBackend(Backend):
         if st.mtp_cache is not None:
             # MTP entry p reads token p and main hidden p-1: entries and hidden states >= n go.
             if n < st.mtp_cache.layers[0].start:  # a restarted MTP cache that began after n
-                st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin)
+                st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin, self._kv)
             elif st.mtp_cache.length > n:
                 try:
                     st.mtp_cache.truncate(n)
                 except CacheError:
-                    st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin)
+                    st.mtp_cache = KVCache.for_mtp(self.config, st.mtp_cache.margin, self._kv)
             if st.pending:
                 keep = max(0, n - st.pending_start)
                 st.pending = [torch.cat(st.pending, dim=1)[:, :keep]] if keep else []
@@ -104,7 +118,15 @@ class TorchBackend(Backend):
         return seq.state.cache.lowest_truncation()
 
     def fork(self, seq: Sequence) -> Sequence:
-        return Sequence(list(seq.ids), copy.deepcopy(seq.state))
+        """A copy sharing the full layers' pages; sliding layers and pending hidden states are copied."""
+        st: TorchState = seq.state
+        state = TorchState(
+            st.cache.fork(),
+            st.mtp_cache.fork() if st.mtp_cache is not None else None,
+            [h.clone() for h in st.pending],
+            st.pending_start,
+        )
+        return Sequence(list(seq.ids), state)
 
     def nbytes(self, seq: Sequence) -> int:
         st: TorchState = seq.state
@@ -141,7 +163,10 @@ class TorchBackend(Backend):
         if m0 - 1 < st.pending_start:  # the hidden states it needs are gone: restart the MTP cache
             m0 = st.pending_start + 1
             st.mtp_cache = KVCache(
-                [self.config.window_of(self.config.mtp.layer_type)], st.mtp_cache.margin, offset=m0
+                [self.config.window_of(self.config.mtp.layer_type)],
+                st.mtp_cache.margin,
+                offset=m0,
+                dtype=self._kv,
             )
         toks = torch.tensor([seq.ids[m0:end] + [next_token]], dtype=torch.long)
         h_in = hidden[:, m0 - 1 - st.pending_start : end - st.pending_start]
