@@ -225,6 +225,7 @@ async def measure_size(size: int, a, root: Path, target: Path, ratio: float, soc
         ),
         "warm_p50_ms": round(statistics.median(warm_ms), 2),
         "warm_p95_ms": round(percentile(warm_ms, 0.95), 2),
+        "warm_model_p50_ms": round(statistics.median([ms for ms, m in warm if m.get("served") == "model"] or [0]), 2),
         "cold_p50_ms": round(statistics.median(cold_ms), 2) if cold_ms else None,
         "cold_p95_ms": round(percentile(cold_ms, 0.95), 2) if cold_ms else None,
         "first_keystroke_ms": round(rows["warm"][0][0], 2),

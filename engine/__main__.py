@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .model.config import PRESETS
 
@@ -31,8 +30,10 @@ def default_model_dir() -> str:
 def cmd_generate(a: argparse.Namespace) -> int:
     from .backends import load_backend
     from .generate import SamplingParams, generate
+    from .server import check_model_folder
 
     model_dir = a.model or default_model_dir()
+    check_model_folder(model_dir)
     backend = load_backend(model_dir, a.backend, dtype=a.dtype, threads=a.threads)
     tokenizer = None
     if a.prompt is not None or not a.json:
@@ -91,12 +92,11 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from .models import ModelSpec
     from .protocol import ProtocolError, parse_params
     from .server import build_parser as serve_parser
-    from .server import load_model
+    from .server import check_model_folder, load_model
 
     spec = ModelSpec(url=a.remote) if a.remote else ModelSpec(path=a.model or default_model_dir())
-    if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
-        print(f"error: --model {spec.path!r} is not a model folder (no config.json there)", file=sys.stderr)
-        return 2
+    if spec.path is not None:
+        check_model_folder(spec.path)
     serve_args = ["--backend", a.backend] + (["--threads", str(a.threads)] if a.threads else [])
     executor = load_model(spec, serve_parser().parse_args(serve_args))
     messages = ([{"role": "system", "content": a.system}] if a.system else []) + [
@@ -199,8 +199,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from .server import BadArgument
+
     try:
         return args.func(args)
+    except BadArgument as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

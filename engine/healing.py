@@ -5,7 +5,9 @@ token is a fragment the model rarely saw before ``<fim_middle>``, and continuing
 wrong (measured on the embedded model: "ret" -> ","). Healing drops the prefix's last token from
 the prompt and constrains the first generated token to one whose bytes start with the dropped
 bytes ("return", "ret", ...); the dropped bytes are then removed from the output. The original
-token always qualifies, so the constraint never empties.
+token always qualifies, so the constraint never empties. A prefix ending in a line break and its
+indentation is not healed: the editor put the cursor at that indentation on purpose, and healing
+let the model pick a deeper one (a body at 8 spaces after ``def f():``).
 
 Offers ``TokenHealer`` with ``heal(prefix_ids) -> (ids, dropped_bytes)``, ``allowed(dropped)``
 and ``mask(logits, dropped)``.
@@ -42,7 +44,10 @@ class TokenHealer:
         """The prompt's prefix ids without their last token, and that token's bytes (b"" = no healing)."""
         if not prefix_ids or prefix_ids[-1] in self._special:
             return list(prefix_ids), b""
-        return list(prefix_ids[:-1]), self._table[prefix_ids[-1]]
+        last = self._table[prefix_ids[-1]]
+        if b"\n" in last and not last.strip():  # a line break and its indentation: keep it
+            return list(prefix_ids), b""
+        return list(prefix_ids[:-1]), last
 
     def allowed(self, dropped: bytes) -> np.ndarray:
         """Ids of the tokens whose bytes start with ``dropped`` (sorted table, binary search)."""

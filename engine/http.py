@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +42,13 @@ log = logging.getLogger("engine.http")
 MAX_BODY = 8 * 2**20  # bytes of a request body
 MAX_HEAD = 64 * 2**10  # bytes of a request line plus headers
 IDLE_TIMEOUT = 75.0  # seconds a kept-alive connection may wait for its next request
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def _count(text: str) -> int | None:
+    """A Content-Length value as a number; None unless it is ASCII digits ("²".isdigit() is true)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
 
 # ---- the connection ------------------------------------------------------------------------------
 
@@ -151,25 +159,23 @@ async def _read_body(conn: _Conn, req: Request) -> bytes:
     if coding and coding != "chunked":
         raise HttpError(501, f"Transfer-Encoding {coding!r} is not supported; expected chunked", close=True)
     length = req.headers.get("content-length", "0" if not coding else "")
-    if not coding and not length.isdigit():
-        raise HttpError(400, f"Content-Length {length!r} is not a number", "bad_request", close=True)
-    if not coding and int(length) > MAX_BODY:
+    size = _count(length)
+    if not coding and size is None:
+        raise HttpError(400, f"Content-Length {length[:40]!r} is not a number", "bad_request", close=True)
+    if not coding and size > MAX_BODY:
         raise HttpError(
             413, f"request body is {length} bytes; the limit is {MAX_BODY}", "body_too_large", close=True
         )
     if req.headers.get("expect", "").lower() == "100-continue":
         await conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     if not coding:
-        return await conn.read_exactly(int(length))
+        return await conn.read_exactly(size)
     body = bytearray()
     while True:
         size_text = (await conn.read_line()).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise HttpError(
-                400, f"malformed chunk size {size_text[:20]!r}", "bad_chunk", close=True
-            ) from None
+        if not _HEX.fullmatch(size_text):  # int(x, 16) would take "-1", "0x5" and "1_0"
+            raise HttpError(400, f"malformed chunk size {size_text[:20]!r}", "bad_chunk", close=True)
+        size = int(size_text, 16)
         if size == 0:
             while await conn.read_line():  # trailers
                 pass
@@ -234,6 +240,11 @@ class HttpServer:
                     break
         except (ClientGone, ConnectionError, asyncio.TimeoutError):
             pass
+        except Exception as e:  # a failure of ours: answered, never a connection dropped in silence
+            log.exception("HTTP request failed")
+            await self.send_error(
+                conn, HttpError(500, f"internal error: {type(e).__name__}: {e}", "internal"), False
+            )
         finally:
             self.d.connections -= 1
             self.d.last_activity = time.monotonic()
@@ -266,10 +277,10 @@ class HttpServer:
         except HttpError as e:
             keep = req.keep_alive and not e.close
             if keep and has_body:  # refused before its body was read: skip a small one, else close
-                length = req.headers.get("content-length", "")
-                keep = "transfer-encoding" not in req.headers and length.isdigit() and int(length) <= MAX_HEAD
+                length = _count(req.headers.get("content-length", ""))
+                keep = "transfer-encoding" not in req.headers and length is not None and length <= MAX_HEAD
                 if keep:
-                    await asyncio.wait_for(conn.read_exactly(int(length)), IDLE_TIMEOUT)
+                    await asyncio.wait_for(conn.read_exactly(length), IDLE_TIMEOUT)
             await self.send_error(conn, e, keep=keep)
             return keep
 
@@ -304,8 +315,9 @@ class HttpServer:
     def _json_body(req: Request) -> dict:
         try:
             body = json.loads(req.body)
-        except ValueError as e:
-            raise HttpError(400, f"the request body is not valid JSON: {e}", "invalid_json") from None
+        except (ValueError, RecursionError) as e:
+            reason = "it is nested too deeply" if isinstance(e, RecursionError) else e
+            raise HttpError(400, f"the request body is not valid JSON: {reason}", "invalid_json") from None
         if not isinstance(body, dict):
             raise HttpError(
                 400, f"the request body must be a JSON object, got {type(body).__name__}", "invalid_json"

@@ -1,7 +1,9 @@
 """msgpack-RPC framing, the engine's server loop and the asyncio client.
 
-A frame is a 4-byte big-endian length followed by that many bytes of msgpack holding one map.
-Pure Python + msgpack: the language server imports the client from here.
+A frame is a 4-byte big-endian length followed by that many bytes of msgpack holding one map;
+every map in it has string keys. Pure Python + msgpack: the language server imports the client
+from here. Every request with an id gets an answer: a frame that cannot be read, an envelope that
+is wrong, and an answer too large (or impossible) to encode are answered with errors.
 
 Offers ``encode_frame``, ``read_frame`` (``FrameError`` for a frame that cannot be read),
 ``Connection`` (one peer, serialised writes), ``serve_connection`` (the server loop of one
@@ -47,9 +49,17 @@ def encode_frame(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def _string_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if not all(type(k) is str for k in out):
+        bad = next(k for k in out if type(k) is not str)
+        raise ValueError(f"map keys must be strings, got a {type(bad).__name__} key")
+    return out
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     try:
-        msg = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=True, object_pairs_hook=_string_keys)
     except Exception as e:  # msgpack raises several types for malformed input
         raise FrameError(f"frame is not valid msgpack: {type(e).__name__}: {e}", fatal=False) from None
     if not isinstance(msg, dict):
@@ -75,6 +85,16 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return decode_body(body)
 
 
+def _unsendable(message: dict[str, Any], e: Exception) -> dict[str, Any]:
+    """The error that replaces an answer that cannot be encoded: an error keeps its code with its
+    message cut short; a result becomes INTERNAL."""
+    log.error("could not encode the answer to %r: %s", message.get("id"), e)
+    err = message.get("error")
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return {"code": err.get("code", ErrorCode.INTERNAL), "message": err["message"][:1000] + " [cut]"}
+    return {"code": ErrorCode.INTERNAL, "message": f"the answer could not be sent: {str(e)[:200]}"}
+
+
 class Connection:
     """One peer of the engine: serialised writes, and the requests it has in flight."""
 
@@ -82,21 +102,31 @@ class Connection:
         self.reader, self.writer = reader, writer
         self._lock = asyncio.Lock()
         self.in_flight: dict[Any, asyncio.Task] = {}
+        self.answered: set[Any] = set()  # in-flight requests whose final answer has been written
         self.closed = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: dict[str, Any], settles: bool = True) -> None:
+        """Write one message; ``settles``: a final answer for this id is the in-flight request's."""
         if self.closed:
             return
-        data = encode_frame(message)
+        try:
+            data = encode_frame(message)
+        except (ValueError, TypeError, OverflowError) as e:  # too large, or not msgpack data
+            if "partial" in message or "id" not in message:
+                log.error("dropped a message that could not be encoded: %s", e)
+                return
+            data = encode_frame({"id": message["id"], "error": _unsendable(message, e)})
         async with self._lock:
             try:
                 self.writer.write(data)
+                if settles and "partial" not in message and message.get("id") in self.in_flight:
+                    self.answered.add(message["id"])
                 await self.writer.drain()
             except (ConnectionError, RuntimeError, BrokenPipeError):
                 self.closed = True
 
-    async def error(self, request_id: Any, code: int, message: str) -> None:
-        await self.send({"id": request_id, "error": {"code": code, "message": message}})
+    async def error(self, request_id: Any, code: int, message: str, settles: bool = True) -> None:
+        await self.send({"id": request_id, "error": {"code": code, "message": message}}, settles)
 
 
 Handler = Callable[[Connection, Any, str, Any], Awaitable[None]]
@@ -111,14 +141,17 @@ def check_envelope(msg: dict[str, Any]) -> tuple[Any, str, Any]:
     method = msg.get("method")
     if not isinstance(method, str):
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "request has no method string")
-    unknown = sorted(set(msg) - {"id", "method", "params"})
+    unknown = sorted(str(k) for k in set(msg) - {"id", "method", "params"})
     if unknown:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"unknown request field(s) {unknown}")
     return request_id, method, msg.get("params")
 
 
 async def serve_connection(conn: Connection, handle: Handler) -> None:
-    """Read requests until the peer goes; each runs as a task. On disconnect, in-flight work is cancelled."""
+    """Read requests until the peer goes; each runs as a task. When the stream ends (or breaks at
+    a frame that cannot be read), in-flight work is cancelled and answered CANCELLED: a client that
+    only closed its sending side still gets an answer to every request."""
+    why = "the client closed the connection"
     try:
         while True:
             try:
@@ -126,6 +159,7 @@ async def serve_connection(conn: Connection, handle: Handler) -> None:
             except FrameError as e:
                 await conn.error(None, ErrorCode.PARSE_ERROR, str(e))
                 if e.fatal:
+                    why = f"the stream cannot be read past a bad frame ({e})"
                     break
                 continue
             except (ConnectionError, OSError):
@@ -135,24 +169,37 @@ async def serve_connection(conn: Connection, handle: Handler) -> None:
             try:
                 request_id, method, params = check_envelope(msg)
             except ProtocolError as e:
-                rid = msg.get("id") if isinstance(msg.get("id"), int | str) else None
-                await conn.error(rid, e.code, e.message)
+                rid = msg.get("id")
+                await conn.error(rid if isinstance(rid, int | str) and not isinstance(rid, bool) else None,
+                                 e.code, e.message)  # fmt: skip
                 continue
             if request_id is not None and request_id in conn.in_flight:
-                await conn.error(
-                    request_id, ErrorCode.INVALID_REQUEST, f"request id {request_id!r} is already in flight"
-                )
+                message = f"request id {request_id!r} is already in flight"
+                await conn.error(request_id, ErrorCode.INVALID_REQUEST, message, settles=False)
                 continue
             task = asyncio.ensure_future(handle(conn, request_id, method, params))
             if request_id is not None:
                 conn.in_flight[request_id] = task
-                task.add_done_callback(lambda _t, rid=request_id: conn.in_flight.pop(rid, None))
+                task.add_done_callback(lambda _t, rid=request_id: _forget(conn, rid))
     finally:
-        conn.closed = True
+        unanswered = [rid for rid in conn.in_flight if rid not in conn.answered]
         for task in list(conn.in_flight.values()):
             task.cancel()
         with contextlib.suppress(Exception):
+            await asyncio.wait_for(_cancelled(conn, unanswered, why), 2.0)
+        conn.closed = True
+        with contextlib.suppress(Exception):
             conn.writer.close()
+
+
+def _forget(conn: Connection, request_id: Any) -> None:
+    conn.in_flight.pop(request_id, None)
+    conn.answered.discard(request_id)
+
+
+async def _cancelled(conn: Connection, request_ids: list[Any], why: str) -> None:
+    for request_id in request_ids:
+        await conn.error(request_id, ErrorCode.CANCELLED, f"request cancelled: {why}")
 
 
 def private_socket_path(name: str) -> Path:

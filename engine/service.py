@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .backends.base import Backend, Sequence
 from .cache import PrefixStore
+from .chat.template import ChatTemplateError
 from .conversation import ChatModel, run_chat
 from .generate import Sampler, SamplingParams, log_softmax
 from .healing import TokenHealer
@@ -121,6 +124,32 @@ class Engine:
             "fim_order": self.tok.template.order,
             "backend": self.backend.name,
             "mtp": self.backend.has_mtp,
+            "tool_call_format": self._tool_call_format(),
+            "train_context": self._train_context(),
+        }
+
+    def _train_context(self) -> int | None:
+        """The sequence length the model was trained on, when its folder says
+        (``mellum_train_context`` in config.json); clients aim their prompts at it."""
+        try:
+            value = json.loads((Path(self.backend.model_dir) / "config.json").read_text()).get(
+                "mellum_train_context"
+            )
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    def _tool_call_format(self) -> dict | None:
+        """How this model writes a tool call (None when the folder has no chat template)."""
+        try:
+            fmt = self.chat_model().tool_format
+        except ProtocolError:
+            return None
+        return {
+            "start": fmt.start,
+            "end": fmt.end,
+            "name_key": fmt.name_key,
+            "arguments_key": fmt.arguments_key,
         }
 
     def remember_chunk(self, chunk: ContextChunk) -> tuple[int, ...]:
@@ -172,7 +201,10 @@ class Engine:
     def chat_ids(self, p: GenerateParams) -> list[int]:
         if p.prompt is not None:
             return self.tok.encode(p.prompt)
-        return self.chat_model().template.encode(self.tok, list(p.messages))
+        try:
+            return self.chat_model().template.encode(self.tok, list(p.messages))
+        except ChatTemplateError as e:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"generate: {e}") from None
 
     # ---- running ---------------------------------------------------------------------------
     def prefill_to(self, job: Job, seq: Sequence, ids: list[int], upto: int) -> np.ndarray | None:

@@ -3,12 +3,13 @@
 mellum-lsp serve [--tcp PORT] [--engine SOCKET|URL]   the language server (stdio by default)
 mellum-lsp engine [--socket PATH] [--http HOST:PORT]  the model engine process
 mellum-lsp complete FILE:LINE:COL [--model DIR] [--json]
+mellum-lsp fix FILE[:LINE] [--apply] [--json]          the validated fix of a syntax error, as a diff
 mellum-lsp chat "question" [--model DIR] [--json]     ask the chat model (the answer streams)
 mellum-lsp doctor                                     check what editors need; print their set-up
 mellum-lsp demo                                       replay typing through server and engine
 mellum-lsp stats                                      local acceptance counters
 mellum-lsp export --model DIR --out DIR [...]         ONNX export (needs mellum-lsp[export])
-mellum-lsp bench engine|backends|lsp|index|chat [--json]   benchmarks
+mellum-lsp bench engine|backends|lsp|index|chat|fix|peers|scale [--json]   benchmarks
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = {
     "serve": "mellum_lsp.serve:main",
     "engine": "-m engine serve",
     "complete": "mellum_lsp.complete_cli:main",
+    "fix": "mellum_lsp.fix_cli:main",
     "chat": "-m engine chat",
     "doctor": "mellum_lsp.doctor:main",
     "demo": "mellum_lsp.demo:main",
@@ -36,6 +38,9 @@ BENCHES = {
     "lsp": "-m benchmarks.bench_lsp",
     "index": "-m benchmarks.bench_index",
     "chat": "-m benchmarks.bench_chat",
+    "fix": "-m benchmarks.bench_fix",
+    "peers": "-m benchmarks.bench_peers",
+    "scale": "-m benchmarks.bench_scale",
 }
 
 

@@ -3,7 +3,9 @@
 A copy of `mellum_lsp/samples/` is opened in a language server spawned over stdio (this process
 is its LSP client); a new function is typed into `inventory/report.py` one character at a time,
 and after each keystroke the inline suggestion is shown with its latency, how it was served and
-the share of the prompt the engine's KV cache reused (from `mellum/lastCompletion`).
+the share of the prompt the engine's KV cache reused (from `mellum/lastCompletion`). The server
+keeps its state (acceptance counters, engine logs) in a scratch folder: the demo's suggestions
+are not counted in the user's own statistics.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ async def replay(a: argparse.Namespace) -> int:
     if a.engine:
         settings["engine"]["url" if a.engine.startswith(("http://", "https://")) else "socket"] = a.engine
     client = make_client(say)
-    await client.start_io(sys.executable, "-m", "mellum_lsp.cli", "serve")
+    env = dict(os.environ, XDG_STATE_HOME=str(work / "state"))  # not the user's stats.json
+    await client.start_io(sys.executable, "-m", "mellum_lsp.cli", "serve", env=env)
     latencies: list[float] = []
     served: dict[str, int] = {}
     reused = prompt = 0
@@ -178,6 +181,17 @@ async def replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def argument_problem(a: argparse.Namespace) -> str | None:
+    """A `--model` without a model, or an `--engine` socket that does not exist (else None)."""
+    if a.model:
+        from engine.server import model_folder_problem  # the engine owns the rule
+
+        return model_folder_problem(a.model)
+    if a.engine and not a.engine.startswith(("http://", "https://")) and not Path(a.engine).exists():
+        return f"--engine {a.engine}: no such socket; start an engine there (mellum-lsp engine --socket {a.engine})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mellum-lsp demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", metavar="DIR", help="model folder (default: the embedded model)")
@@ -188,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=0.0, help="pause between keystrokes")
     p.add_argument("--no-color", action="store_true")
     a = p.parse_args(argv)
+    if (problem := argument_problem(a)) is not None:
+        print(f"mellum-lsp demo: {problem}", file=sys.stderr)
+        return 2
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         return asyncio.run(replay(a))

@@ -27,6 +27,7 @@ import inspect
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ async def start_engine(target: EngineTarget, timeout_s: float) -> EngineClient:
         while time.monotonic() < deadline:
             client = await _try_connect(target.socket)
             if client is not None:
-                _reap_later(proc)
+                _reap(proc)
                 return client
             if proc.poll() is not None:
                 break
@@ -152,13 +153,10 @@ async def start_engine(target: EngineTarget, timeout_s: float) -> EngineClient:
     )
 
 
-_children: list[subprocess.Popen] = []
-
-
-def _reap_later(proc: subprocess.Popen) -> None:
-    """Remember an engine we started so that its exit status is collected (no zombies)."""
-    _children.append(proc)
-    _children[:] = [p for p in _children if p.poll() is None]
+def _reap(proc: subprocess.Popen) -> None:
+    """Collect the exit status of an engine we started whenever it exits, even when another
+    window restarted it (no zombies): a daemon thread waits for it."""
+    threading.Thread(target=proc.wait, daemon=True, name=f"engine-reaper-{proc.pid}").start()
 
 
 class EngineSession:

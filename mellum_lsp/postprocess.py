@@ -1,7 +1,10 @@
 """Clean-up of a raw FIM completion before it is shown as an inline suggestion (pure functions).
 
-Offers `multiline_allowed(prefix, suffix, language)` and
+Offers `multiline_allowed(prefix, suffix, language)`, `missing_indent(prefix, suffix, language)` and
 `postprocess(completion, prefix, suffix, language, *, multiline_allowed)`.
+
+`missing_indent`: the indentation an editor would have put on the empty line at the cursor after a
+line that opens a block (Enter after `def f(n):`), or "" — for callers that are not editors.
 
 `multiline_allowed` (tree-sitter decides what opens a block; brackets in strings/comments don't count):
 - true when the code before the cursor opens a block: a Python block header's `:` or a C-like `{`;
@@ -9,8 +12,11 @@ Offers `multiline_allowed(prefix, suffix, language)` and
 - false with code after the cursor on its line, or at the end of a line that opens no block.
 
 `postprocess` rules, applied in order:
-0. runaway repetition: a unit of 1-16 characters repeated 4 or more times in a row (a model stuck in
-   a loop, `str(str(str(str(`) is cut after its first occurrence.
+0. runaway repetition: a unit of 1-16 characters repeated 4 or more times in a row, or of 17-160
+   characters 3 or more times (the last may be cut short by the end of the generation) (a model stuck in a loop, `str(str(str(str(`, the same line again and
+   again) is cut after its first occurrence; a loop inside one word (`apply_co_co_co…`) is cut back
+   to the longest name of the file that word starts with, or dropped. Indentation, rulers (`-----`)
+   and ordinary words (`10000`, `0xFFFF`, `xxxx`) are left alone.
 1. single line: without multi-line, cut at the first newline.
 2. block end: multi-line stops at a dedent below the block, or after the `}` that closes the block.
 3. brackets: drop a closer the suffix already supplies, or one with nothing to close, and the rest.
@@ -250,6 +256,37 @@ def multiline_allowed(prefix: str, suffix: str, language: str | None) -> bool:
     return _opens_block(prefix, language)
 
 
+def _indent_unit(text: str) -> str:
+    """The file's indentation step: the most common increase from one line to the next (4 spaces
+    when there is none)."""
+    steps: dict[str, int] = {}
+    previous = ""
+    for line in text.split("\n")[:2000]:
+        if not line.strip():
+            continue
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        if len(indent) > len(previous) and indent.startswith(previous):
+            step = indent[len(previous) :]
+            steps[step] = steps.get(step, 0) + 1
+        previous = indent
+    return max(steps, key=lambda k: (steps[k], -len(k))) if steps else "    "
+
+
+def missing_indent(prefix: str, suffix: str, language: str | None) -> str:
+    """What an editor's Enter would have indented the cursor's empty line by, beyond what is there:
+    the block body's indentation when the last non-blank line before it opens a block."""
+    language = normalize_language(language)
+    before, _, current = prefix.rpartition("\n")
+    if current.strip() or suffix.split("\n", 1)[0].strip() or not before.strip():
+        return ""
+    header_text = before.rstrip()
+    if not _opens_block(header_text, language):
+        return ""
+    header = header_text.rsplit("\n", 1)[-1]
+    body = header[: len(header) - len(header.lstrip(" \t"))] + _indent_unit(prefix + suffix)
+    return body[len(current) :] if body.startswith(current) and len(body) > len(current) else ""
+
+
 # --- the rules ---------------------------------------------------------------------------------
 
 
@@ -351,23 +388,108 @@ def _strip_trailing(completion: str, prefix: str, suffix: str) -> str:
     return stripped
 
 
-_RUNAWAY = re.compile(r"(.{1,16}?)\1{3,}", re.DOTALL)
-
-
-def _cut_runaway_repetition(text: str) -> str:
-    """Rule 0: keep one occurrence of a unit the model repeated 4+ times; whitespace runs are exempt
-    (indentation repeats by nature)."""
-    for m in _RUNAWAY.finditer(text):
-        if m.group(1).strip():
-            end = m.start() + len(m.group(1))
-            while end < m.end() and _is_word(text[end - 1]) and _is_word(text[end]):
-                end += 1  # do not stop inside an identifier
-            return text[:end]
-    return text
+_RUNAWAY = re.compile(r"(.{1,16}?)\1{3,}", re.DOTALL)  # a short unit, 4+ times in a row
+_RUNAWAY_LONG = re.compile(r"(?=((.{17,160}?)\2))", re.DOTALL)  # a line or phrase twice, at each offset
+_MIN_PARTIAL = 8  # a third occurrence cut short by the end of the generation still counts from here
+_MIN_LONG_CODE = 10  # non-blank characters a long unit needs (`'\\n'` + indentation is a string table)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RULER_CHARS = frozenset("-=#*~^<>/_")  # `-----` under a docstring heading, `#####` banners
+_MAX_RULER = 100
+_MAX_PUNCTUATION_RUN = 8  # `f(g(h(x))))`, empty docstrings, escaped backslashes
+_MAX_NUMBER_CHARS = 24  # 1_000_000, 0xFFFFFFFF, 0b10101010 repeat by nature; longer runs do not
+_MAX_LETTER_RUN = 8  # `xxxx` is a placeholder; `uuuuuuuu…` is a loop
+_NAME_SCAN = 20_000  # characters of prefix / suffix searched for names the file already has
 
 
 def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
+
+
+def _word_start(text: str, i: int) -> int:
+    while i > 0 and _is_word(text[i - 1]):
+        i -= 1
+    return i
+
+
+def _word_end(text: str, i: int) -> int:
+    while i < len(text) and _is_word(text[i]):
+        i += 1
+    return i
+
+
+def _ordinary_punctuation(unit: str, run: int) -> bool:
+    """Runs of one punctuation character that code has by nature: rulers and short runs."""
+    if len(unit) != 1 or _is_word(unit):
+        return False
+    return run <= (_MAX_RULER if unit in _RULER_CHARS else _MAX_PUNCTUATION_RUN)
+
+
+def _periodic(unit: str) -> bool:
+    """Whether `unit` is itself a shorter unit repeated (a ruler: the short rule's business)."""
+    return (unit + unit).find(unit, 1) < len(unit)
+
+
+def _ordinary_word(word: str, unit: str, run: int) -> bool:
+    """Words that repeat a unit by nature: numbers and short runs of one letter."""
+    if word[:1].isdigit():
+        return len(word) <= _MAX_NUMBER_CHARS
+    if set(word) == {"_"}:
+        return run <= _MAX_RULER  # `# ______` banners
+    return len(unit) == 1 and run < _MAX_LETTER_RUN
+
+
+def _known_name_end(head: str, word: str, prefix: str, suffix: str) -> int:
+    """How much of `word` (continuing `head`, the identifier the prefix ends with) to keep: up to
+    the end of the longest name of the file that the looping word starts with, else 0."""
+    names = set(_IDENTIFIER.findall(prefix[-_NAME_SCAN:])) | set(_IDENTIFIER.findall(suffix[:_NAME_SCAN]))
+    whole = head + word
+    best = 0
+    for name in names:
+        if len(name) > len(head) and whole.startswith(name) and len(name) - len(head) > best:
+            best = len(name) - len(head)
+    return best
+
+
+def _cut_runaway_repetition(text: str, prefix: str = "", suffix: str = "") -> str:
+    """Rule 0: keep one occurrence of a unit the model repeated 4+ times (a line or phrase of 17+
+    characters: 3+ times, the last possibly cut short by the end of the text). Whitespace runs are
+    exempt (indentation repeats by nature), and so are rulers (`-----`), short runs of a closer or
+    quote (`))))`, an empty docstring) and ordinary words (`10000`, `0xFFFF`, `xxxx`). A loop inside one word
+    (`apply_co_co_co…`) has no good place to stop: the word is cut back to the longest name of the
+    file it starts with (`apply_discount_discount…` -> `apply_discount`), or dropped."""
+    text = _cut_short_units(text, prefix, suffix)
+    for m in _RUNAWAY_LONG.finditer(text):
+        unit = m.group(2)
+        third = text[m.start() + 2 * len(unit) :][: len(unit)]
+        cut_short = len(third) >= _MIN_PARTIAL and m.start() + 2 * len(unit) + len(third) == len(text)
+        if len("".join(unit.split())) < _MIN_LONG_CODE or _periodic(unit):
+            continue
+        if third == unit or (cut_short and unit.startswith(third)):
+            end = m.start() + len(unit)
+            inside = end < len(text) and _is_word(text[end - 1]) and _is_word(text[end])
+            return text[: _word_start(text, end) if inside else end]
+    return text
+
+
+def _cut_short_units(text: str, prefix: str, suffix: str) -> str:
+    for m in _RUNAWAY.finditer(text):
+        unit, run = m.group(1), m.group(0)
+        if not unit.strip() or _ordinary_punctuation(unit, len(run)):
+            continue
+        end = m.start() + len(unit)
+        if not (_is_word(text[end - 1]) and end < len(text) and _is_word(text[end])):
+            return text[:end]
+        if not all(map(_is_word, run)):
+            return text[: _word_end(text, end)]  # `(str(str(str`: do not stop inside a name
+        # Differs from the first version of this rule, which extended the cut to the end of the
+        # word: inside one word that end is the end of the whole loop, so `co_co_co…` passed.
+        start = _word_start(text, m.start())
+        head = prefix[_word_start(prefix, len(prefix)) :] if start == 0 else ""
+        word = text[start : _word_end(text, m.end())]
+        if _ordinary_word(head + word, unit, len(run) // len(unit)):
+            continue
+        return text[: start + _known_name_end(head, word, prefix, suffix)]
+    return text
 
 
 def postprocess(
@@ -376,7 +498,7 @@ def postprocess(
     """The suggestion to show for a raw `completion` between `prefix` and `suffix` (rules in the module
     docstring); "" when nothing useful is left."""
     language = normalize_language(language)
-    text = _cut_runaway_repetition(completion.replace("\r\n", "\n"))
+    text = _cut_runaway_repetition(completion.replace("\r\n", "\n"), prefix, suffix)
     text = _block_and_brackets(text, prefix, suffix, language, multiline_allowed)
     text = _drop_suffix_repeat(text, suffix)
     text = _strip_trailing(text, prefix, suffix)

@@ -6,8 +6,8 @@ override earlier ones key by key (`merge`). `parse_settings` never fails: a fiel
 value keeps its default and yields a problem message naming the field ("mellum.completion.
 maxTokens must be an integer in 1..2048, got 'many'; using 64"); unknown keys are reported too.
 
-Offers `Settings` (`model`, `completion`, `context`, `engine`, `telemetry`, `debug`),
-`parse_settings`, `merge`, `camel`.
+Offers `Settings` (`model`, `completion`, `context`, `engine`, `telemetry`, `debug`, `chat` and
+`chat.agent`), `parse_settings`, `merge`, `camel`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,12 @@ class EngineSettings:
     socket: str | None = _opt(None, doc="connect to the engine listening on this Unix socket")
     url: str | None = _opt(None, doc="use an OpenAI-compatible server through a local engine")
     args: tuple[str, ...] = _opt((), doc="extra flags for an engine this server starts")
-    idle_exit_s: float = _opt(600.0, lo=0, hi=86_400 * 7, doc="a started engine exits when idle this long")
+    # An engine counts as idle only once no client is connected: 60 s spans a window reload or an
+    # editor restart, and the model's memory (weights + KV cache) is not held long after the last
+    # window closed (a reload of the embedded model takes ~0.5 s; 0 = never exit).
+    idle_exit_s: float = _opt(
+        60.0, lo=0, hi=86_400 * 7, doc="a started engine exits this long after its last client left"
+    )
     start_timeout_s: float = _opt(180.0, lo=1, hi=3600)
 
 
@@ -74,6 +79,29 @@ class DebugSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    max_steps: int = _opt(12, lo=1, hi=200, doc="a run ends after this many tool calls")
+    max_tokens: int = _opt(4096, lo=16, hi=1 << 20, doc="tokens the model may generate in a run")
+    max_seconds: float = _opt(120.0, lo=1, hi=3600, doc="a run's time; the user's answers not counted")
+    step_tokens: int = _opt(384, lo=16, hi=8192, doc="cap on one step's generation")
+    edit_format: str = _opt(
+        "auto", choices=("auto", "block", "json", "fim"),
+        doc="how the model writes an edit: a search/replace block, inside the call, or fill-in-the-middle "
+        "(auto: fim with a completion-only model, json with a remote one, else block)",
+    )  # fmt: skip
+    grounded: bool = _opt(True, doc="decode tool calls under grammars of the workspace's files")
+    temperature: float = _opt(0.0, lo=0, hi=2)
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    max_tokens: int = _opt(512, lo=1, hi=8192, doc="cap on one answer's tokens")
+    context_tokens: int = _opt(4096, lo=0, hi=1 << 20, doc="cap on the code sent with a question")
+    temperature: float = _opt(0.0, lo=0, hi=2)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
@@ -81,6 +109,7 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     debug: DebugSettings = field(default_factory=DebugSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
 
 
 def camel(name: str) -> str:

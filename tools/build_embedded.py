@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 LIMIT = 32 * 1024 * 1024
-SHIPPED_HF = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+SHIPPED_HF = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def main(argv: list[str] | None = None) -> int:

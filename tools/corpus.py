@@ -7,6 +7,11 @@ that other files of the same package can serve as repository context), ``build_m
 ``write_manifest``. The manifest is the interface to later steps: it records the python version,
 the stdlib root, a hash of the file list, counts, sizes and both relative file lists.
 
+``Document`` and ``load_documents(manifest, split)`` read the documents of one split from a
+manifest of this tool or of ``tools/corpus_pypi.py`` (the one reader of both formats, used by
+training, evaluation and ``tools/tasks.py``): the path shown to the model, the text, the package
+(other files of the same package serve as repository context) and the source.
+
 CLI: ``python tools/corpus.py --out runs/corpus`` writes ``runs/corpus/manifest.json``.
 """
 
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 MANIFEST_FORMAT = "mellum-corpus/1"
+PYPI_MANIFEST_FORMAT = "mellum-pypi-corpus/1"  # written by tools/corpus_pypi.py
 # Folders whose files never enter the corpus: test suites (``test/``, ``lib2to3/tests``,
 # ``idlelib/idle_test``, ``unittest/test``, ...), third-party code and byte-code caches.
 EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__"})
@@ -192,6 +198,46 @@ def write_manifest(manifest: dict, out_dir: Path) -> Path:
     path = out_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus file: ``path`` as the model sees it, its text, its package and its source."""
+
+    path: str
+    text: str
+    package: str
+    source: str  # "stdlib" or "pypi"
+
+
+def load_documents(manifest: Path | str, split: str) -> list[Document]:
+    """The documents of ``split`` ("train" or "heldout") of a stdlib or PyPI manifest.
+
+    Stdlib files keep their path relative to the stdlib root and belong to ``package_of`` it. A
+    PyPI file is stored as ``<distribution>/<path in the wheel>``: the model sees the path in the
+    wheel (``boltons/iterutils.py``) and the package is the distribution.
+    """
+    if split not in ("train", "heldout"):
+        raise CorpusError(f"split must be 'train' or 'heldout', got {split!r}")
+    path = Path(manifest)
+    m = json.loads(path.read_text(encoding="utf-8"))
+    fmt = m.get("format")
+    if fmt == MANIFEST_FORMAT:
+        root = Path(m["stdlib_root"])
+        return [
+            Document(rel, (root / rel).read_text(encoding="utf-8"), package_of(rel), "stdlib")
+            for rel in m[split]
+        ]
+    if fmt == PYPI_MANIFEST_FORMAT:
+        root = Path(m["root"])
+        docs = []
+        for rel in m[split]:
+            dist, _, inner = rel.partition("/")
+            docs.append(Document(inner, (root / rel).read_text(encoding="utf-8"), dist, "pypi"))
+        return docs
+    raise CorpusError(
+        f"{path}: unknown manifest format {fmt!r}; expected {MANIFEST_FORMAT} or {PYPI_MANIFEST_FORMAT}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,16 +1,32 @@
-"""Train the embedded tiny Mellum model on the CPython standard library (CPU, deterministic).
+"""Train the embedded tiny Mellum model (CPU, deterministic): from scratch, or continued from a model.
 
     python tools/train_tiny.py --corpus runs/corpus/manifest.json --tokenizer runs/tokenizer \
         --out runs/train --steps 1500
+    python tools/train_tiny.py --init engine/embedded/mellum-tiny-py \
+        --corpus /work/data/corpus-stdlib/manifest.json /work/data/pypi/manifest.json \
+        --tasks /work/data/tasks --task-share 0.4 --out /work/data/train2 --steps 3000 --max-minutes 300
 
 The model has the Mellum 2 shape at small scale (config in ``tiny_config``): layers in the
 sliding, sliding, sliding, full pattern, GQA, 8 experts top-2 with the first layer dense, one MTP
-layer, YaRN on the full-attention layers. Samples are half plain next-token prediction over
-``<filename>path\\ncontent<|endoftext|>`` documents and half fill-in-the-middle in the engine's own
+layer, YaRN on the full-attention layers. ``--init DIR`` continues from a model folder instead (its
+config, weights, tokenizer and chat template; the learning rate then warms up again to ``--lr``).
+
+Samples: corpus documents (``--corpus``: stdlib and PyPI manifests, read by
+``corpus.load_documents``) give half plain next-token prediction over
+``<filename>path\ncontent<|endoftext|>`` documents and half fill-in-the-middle in the engine's own
 suffix-prefix-middle layout (``engine.prompt``): the rest of a line, a few lines, or a random span,
-some with other files of the same package prepended as ``<filename>`` context. The loss is the
-next-token loss + 0.3 x the MTP loss (on a quarter of the positions) + 0.01 x the router
-load-balancing loss. Training resumes from ``OUT/state.pt`` and writes an HF folder ``OUT/model``.
+some with other files of the same package prepended as ``<filename>`` context. With ``--tasks``
+(``tools/tasks.py``'s ``train.jsonl`` / ``heldout.jsonl``), a ``--task-share`` of the sequences
+are task samples instead, packed several to a sequence: FIM tasks in the engine's layout with
+their context chunks, chat tasks in the model folder's chat template with the loss on the
+assistant turns only. The loss is the next-token loss + 0.3 x the MTP loss (on a quarter of the
+positions) + 0.01 x the router load-balancing loss.
+
+Resumable: ``OUT/state.pt`` (model, optimizer, step, tokens seen) is written every
+``--save-every`` steps and when the run stops (``--steps`` reached or ``--max-minutes`` spent);
+a run started again continues from it. Every stop writes the HF folder ``OUT/model`` with
+``mellum_train_context`` (the longest sequence trained on) in its config.json. ``OUT/log.jsonl``
+has the loss, tokens seen, and every ``--eval-every`` steps the held-out loss (corpus and tasks).
 """
 
 from __future__ import annotations
@@ -21,7 +37,6 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +44,20 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.checkpoint import save_model  # noqa: E402
+from corpus import Document, load_documents  # noqa: E402
+
+from engine.chat.template import ChatTemplate  # noqa: E402
+from engine.checkpoint import load_model, save_model  # noqa: E402
 from engine.model.config import from_hf  # noqa: E402
 from engine.model.mellum import Mellum  # noqa: E402
-from engine.prompt import FimPieces, assemble, context_block  # noqa: E402
+from engine.prompt import FimPieces, assemble, context_block, fim_pieces  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 
 IGNORE = -100
+TRAIN_CONTEXT_FIELD = "mellum_train_context"  # read by mellum_lsp.context.budget
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def tiny_config(vocab_size: int) -> dict:
@@ -80,27 +101,21 @@ def tiny_config(vocab_size: int) -> dict:
     }
 
 
-@dataclass
-class Doc:
-    path: str
-    text: str
-    package: str
+def read_jsonl(path: Path) -> list[dict]:
+    """Samples written by tools/tasks.py, one JSON object per line."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
-def load_docs(manifest: Path, split: str) -> list[Doc]:
-    m = json.loads(manifest.read_text())
-    root = Path(m["stdlib_root"])
-    docs = []
-    for rel in m[split]:
-        text = (root / rel).read_text(encoding="utf-8")
-        docs.append(Doc(rel, text, rel.split("/")[0] if "/" in rel else ""))
-    return docs
+def load_docs(manifests: list[Path], split: str) -> list[Document]:
+    """The documents of ``split`` of every manifest (stdlib and PyPI)."""
+    return [d for m in manifests for d in load_documents(m, split)]
 
 
 class Sampler:
     """Deterministic training samples: sample ``i`` of step ``s`` depends only on (seed, s, i)."""
 
-    def __init__(self, tok: Tokenizer, docs: list[Doc], seed: int) -> None:
+    def __init__(self, tok: Tokenizer, docs: list[Document], seed: int) -> None:
         self.tok, self.docs, self.seed = tok, docs, seed
         self.weights = np.array([len(d.text) for d in docs], dtype=np.float64)
         self.weights /= self.weights.sum()
@@ -165,6 +180,88 @@ class Sampler:
         for i in range(batch_size):
             rng = np.random.default_rng([self.seed, step, i])
             ids, labels = self.fim(rng, n) if rng.random() < 0.5 else self.lm(rng, n)
+            xs.append(ids)
+            ys.append(labels)
+        return torch.tensor(xs), torch.tensor(ys)
+
+
+class TaskSampler:
+    """Task samples (``tools/tasks.py``) as token ids with labels, packed into sequences.
+
+    A FIM task is laid out as the engine lays out a completion (context chunks, file header,
+    suffix, prefix) and its middle + end of text is the target. A chat task is rendered turn by
+    turn with the model folder's chat template: each assistant turn is tokenized on its own after
+    the prompt before it (as the engine tokenizes a prompt and the model then writes), and only the
+    assistant turns are targets. Samples longer than the sequence are left out.
+    """
+
+    def __init__(
+        self, tok: Tokenizer, template: ChatTemplate, samples: list[dict], n: int, seed: int
+    ) -> None:
+        self.tok, self.template, self.n, self.seed = tok, template, n, seed
+        self.items: list[tuple[list[int], list[int]]] = []
+        self.kinds: list[str] = []
+        self.dropped = 0
+        for sample in samples:
+            ids, labels = self.encode(sample)
+            if len(ids) > n + 1:
+                self.dropped += 1
+                continue
+            self.items.append((ids, labels))
+            self.kinds.append(sample["kind"])
+        if not self.items:
+            raise ValueError(f"no task sample fits a sequence of {n + 1} tokens ({self.dropped} too long)")
+        by_kind: dict[str, list[int]] = {}
+        for i, k in enumerate(self.kinds):
+            by_kind.setdefault(k, []).append(i)
+        self.by_kind = [by_kind[k] for k in sorted(by_kind)]  # kinds drawn evenly, then a sample
+
+    def encode(self, sample: dict) -> tuple[list[int], list[int]]:
+        tok = self.tok
+        if "messages" not in sample:
+            pieces = fim_pieces(
+                tok, sample["prefix"], sample["suffix"], sample.get("context", ()), sample.get("path")
+            )
+            prompt = assemble(tok, pieces)
+            target = [*tok.encode(sample["middle"]), tok.fim.eot]
+            return prompt + target, [IGNORE] * len(prompt) + target
+        messages, tools = sample["messages"], sample.get("tools") or None
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            before = self.template.render(messages[:k], tools=tools, add_generation_prompt=True)
+            upto = self.template.render(messages[: k + 1], tools=tools, add_generation_prompt=False)
+            if not before.startswith(done) or not upto.startswith(before):
+                raise ValueError(f"the chat template does not render {sample['kind']} turn by turn")
+            context = tok.encode(before[len(done) :], allow_special=True)
+            answer = tok.encode(upto[len(before) :], allow_special=True)
+            ids += context + answer
+            labels += [IGNORE] * len(context) + answer
+            done = upto
+        return ids, labels
+
+    def sequence(self, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """``n + 1`` tokens: samples drawn (kind, then sample) until the next does not fit, then padding."""
+        ids: list[int] = []
+        labels: list[int] = []
+        while True:
+            group = self.by_kind[int(rng.integers(len(self.by_kind)))]
+            x, y = self.items[group[int(rng.integers(len(group)))]]
+            if ids and len(ids) + len(x) > self.n + 1:
+                break
+            ids, labels = ids + x, labels + y
+            if len(ids) >= self.n + 1:
+                break
+        pad = self.n + 1 - len(ids)
+        return ids[: self.n + 1] + [self.tok.fim.pad] * pad, labels[: self.n + 1] + [IGNORE] * pad
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for i in range(batch_size):
+            ids, labels = self.sequence(np.random.default_rng([self.seed, step, i, 7]))
             xs.append(ids)
             ys.append(labels)
         return torch.tensor(xs), torch.tensor(ys)
@@ -268,12 +365,53 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def build_model(a: argparse.Namespace, tok: Tokenizer) -> tuple[Mellum, dict]:
+    """The model to train and its HF config: from ``--init`` (continued) or ``tiny_config`` (new)."""
+    if a.init is not None:
+        hf = json.loads((a.init / "config.json").read_text())
+        model = load_model(a.init, dtype="fp32")
+        if model.config.vocab_size != tok.vocab_size:
+            raise ValueError(
+                f"--init {a.init} has {model.config.vocab_size} tokens, the tokenizer {tok.vocab_size}"
+            )
+        return model, hf
+    hf = tiny_config(tok.vocab_size)
+    hf.update(eos_token_id=list(tok.eos_ids), pad_token_id=tok.fim.pad, bos_token_id=None)
+    model = Mellum(from_hf(hf))
+    init_weights(model, a.seed)
+    return model, hf
+
+
+def export(model: Mellum, hf: dict, folder: Path, tokenizer: Path, train_context: int) -> None:
+    """The HF folder of the model: fp16 weights, config.json (with the trained length), tokenizer
+    files and chat template."""
+    model.eval()
+    save_model(model, folder, dtype="fp16")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(hf | {"dtype": "float16", TRAIN_CONTEXT_FIELD: train_context})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for name in TOKENIZER_FILES:
+        if (tokenizer / name).is_file():
+            shutil.copy(tokenizer / name, folder / name)
+    model.train()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--corpus", type=Path, nargs="+", required=True, help="corpus manifests (stdlib, PyPI)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: --init's)")
+    p.add_argument("--init", type=Path, default=None, help="continue from this model folder")
+    p.add_argument(
+        "--tasks", type=Path, default=None, help="folder with tools/tasks.py's train/heldout.jsonl"
+    )
+    p.add_argument(
+        "--task-share", type=float, default=0.4, help="share of the sequences that are task samples"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument(
+        "--max-minutes", type=float, default=0.0, help="stop (and save) after this long; 0: no limit"
+    )
     p.add_argument("--tokens-per-step", type=int, default=8192)
     p.add_argument("--short-len", type=int, default=512, help="sequence length of the first phase")
     p.add_argument("--long-len", type=int, default=1024, help="sequence length of the last quarter")
@@ -284,16 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=100)
     a = p.parse_args(argv)
+    if a.tokenizer is None and a.init is None:
+        p.error("give --tokenizer (a new model) or --init (continue from a model folder)")
+    if not 0.0 <= a.task_share < 1.0:
+        p.error(f"--task-share must be in [0, 1), got {a.task_share}")
+    tokenizer_dir = a.tokenizer or a.init
 
+    t_start = time.monotonic()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     a.out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_folder(a.tokenizer)
-    hf = tiny_config(tok.vocab_size)
-    hf.update(eos_token_id=list(tok.eos_ids), pad_token_id=tok.fim.pad, bos_token_id=None)
-    config = from_hf(hf)
-    model = Mellum(config)
-    init_weights(model, a.seed)
+    tok = Tokenizer.from_folder(tokenizer_dir)
+    model, hf = build_model(a, tok)
+    config = model.config
+    model.train()
     decay = [p_ for n, p_ in model.named_parameters() if p_.ndim >= 2 and "norm" not in n]
     no_decay = [p_ for n, p_ in model.named_parameters() if not (p_.ndim >= 2 and "norm" not in n)]
     opt = torch.optim.AdamW(
@@ -302,24 +444,42 @@ def main(argv: list[str] | None = None) -> int:
         betas=(0.9, 0.95),
         fused=True,
     )
-    start = 0
+    start, tokens_seen = 0, 0
     state_path = a.out / "state.pt"
     if state_path.is_file():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        start = state["step"]
-        print(f"resumed at step {start}", flush=True)
+        start, tokens_seen = state["step"], state.get("tokens", 0)
+        print(f"resumed at step {start} ({tokens_seen} tokens seen)", flush=True)
     train = Sampler(tok, load_docs(a.corpus, "train"), a.seed)
     held = Sampler(tok, load_docs(a.corpus, "heldout"), a.seed + 1)
     held_batches = [held.batch(10_000 + i, 4, a.long_len) for i in range(4)]
+    tasks = held_tasks = None
+    if a.tasks is not None and a.task_share > 0:
+        template = ChatTemplate.from_folder(tokenizer_dir)
+        tasks = TaskSampler(tok, template, read_jsonl(a.tasks / "train.jsonl"), a.long_len, a.seed)
+        held_tasks = TaskSampler(tok, template, read_jsonl(a.tasks / "heldout.jsonl"), a.long_len, a.seed + 1)
+        print(f"tasks: {len(tasks.items)} train samples ({tasks.dropped} too long), "
+              f"{len(held_tasks.items)} held out", flush=True)  # fmt: skip
+    held_task_batches = [held_tasks.batch(10_000 + i, 4) for i in range(4)] if held_tasks else []
+
+    def save(step: int) -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens_seen},
+                   state_path)  # fmt: skip
+
     log = (a.out / "log.jsonl").open("a")
     gen = torch.Generator().manual_seed(a.seed)
-    model.train()
     t_last, tokens_since = time.perf_counter(), 0
+    step = start
     for step in range(start, a.steps):
         n = a.short_len if step < 0.75 * a.steps else a.long_len
-        x, y = train.batch(step, a.tokens_per_step // n, n)
+        batch_size = max(1, a.tokens_per_step // n)
+        n_tasks = round(a.task_share * batch_size) if tasks is not None and n == a.long_len else 0
+        x, y = train.batch(step, batch_size - n_tasks, n) if n_tasks < batch_size else (None, None)
+        if n_tasks:
+            tx, ty = tasks.batch(step, n_tasks)
+            x, y = (tx, ty) if x is None else (torch.cat([x, tx]), torch.cat([y, ty]))
         gen.manual_seed(a.seed * 1_000_003 + step)
         lr = lr_at(step, a.steps, a.lr, a.warmup)
         for group in opt.param_groups:
@@ -331,36 +491,42 @@ def main(argv: list[str] | None = None) -> int:
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         opt.step()
         tokens_since += x.numel()
-        if step % 10 == 0 or step == a.steps - 1:
+        tokens_seen += x.numel()
+        out_of_time = a.max_minutes > 0 and time.monotonic() - t_start > 60 * a.max_minutes
+        if step % 10 == 0 or step == a.steps - 1 or out_of_time:
             now = time.perf_counter()
             rec = {
                 "step": step,
-                "loss": round(float(main_loss), 4),
-                "mtp": round(float(mtp_loss), 4),
-                "balance": round(float(bal), 4),
+                "tokens": tokens_seen,
+                "loss": round(float(main_loss.detach()), 4),
+                "mtp": round(float(mtp_loss.detach()), 4),
+                "balance": round(float(bal.detach()), 4),
                 "lr": lr,
                 "grad_norm": round(gnorm, 3),
                 "seq": n,
+                "task_seqs": n_tasks,
                 "tok_s": round(tokens_since / (now - t_last)),
             }
-            if step % a.eval_every == 0 or step == a.steps - 1:
+            if step % a.eval_every == 0 or step == a.steps - 1 or out_of_time:
                 rec["heldout"] = round(heldout_loss(model, held_batches), 4)
+                if held_task_batches:
+                    rec["heldout_tasks"] = round(heldout_loss(model, held_task_batches), 4)
             t_last, tokens_since = now, 0
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
+        if out_of_time:
+            print(f"stopping after {a.max_minutes:g} minutes at step {step + 1}", flush=True)
+            break
         if (step + 1) % a.save_every == 0 and step + 1 < a.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, state_path)
-    model.eval()
-    final = a.out / "model"
-    save_model(model, final, dtype="fp16")
-    cfg = json.loads((final / "config.json").read_text())
-    cfg.update(hf | {"dtype": "float16"})
-    (final / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(a.tokenizer / name, final / name)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": a.steps}, state_path)
-    print(f"wrote {final}", flush=True)
+            save(step + 1)
+    done = min(step + 1, a.steps) if a.steps > start else start
+    save(done)
+    trained_len = max(
+        a.long_len if done > 0.75 * a.steps else a.short_len, int(hf.get(TRAIN_CONTEXT_FIELD) or 0)
+    )
+    export(model, hf, a.out / "model", tokenizer_dir, trained_len)
+    print(f"wrote {a.out / 'model'} at step {done} ({tokens_seen} tokens seen)", flush=True)
     return 0
 
 

@@ -18,7 +18,10 @@ same, no other file of the index changed and the recent snippets are the same.
 
 Never included: the current document (its prefix and suffix go in the FIM part). Paths are
 relative to the workspace root with forward slashes. The budget covers, per chunk, the tokens of
-its path and text plus `chunk_overhead_tokens` of framing; it is never exceeded.
+its path and text plus `chunk_overhead_tokens` of framing; it is never exceeded. Callers size it
+from the prompt length the model was trained for (`budget.prompt_length`: the engine handshake's
+`train_context`, from `mellum_train_context` in the model folder's config.json) minus the file
+(`budget.fit_file`) and the generation.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 pygls passes the server to every handler and the protocol reads the document store from it, so
 the shared state lives on a slim `LanguageServer` subclass: documents, settings (and the layers
 they come from), workspace context, progress, the engine, the completion service, the local
-counters, and the background tasks. It holds no handler; the feature modules change it.
+counters, the chat and agent conversations, and the background tasks. It holds no handler; the feature modules change it.
 
 Offers `MellumServer`, `SettingsLayers`, `Counters`, `VERSION`.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
+from ..agent.conversation import Conversations
 from ..documents import DocumentStore
 from ..engine_client import EngineManager
 from ..settings import Settings, merge, parse_settings
@@ -96,6 +97,7 @@ class MellumServer(LanguageServer):
         self.workspace_ctx = WorkspaceContext(self.text_of_path)
         self.debounce = DebouncePolicy(self.settings.completion.debounce_ms)
         self.counters = Counters(LocalStats(enabled=self.settings.telemetry.enabled), self.spawn)
+        self.conversations = Conversations()  # chat and agent runs, by id (features/chat, agent)
         self.engines = EngineManager(
             self.settings, loading=self.progress, on_event=self.notify_metrics,
             on_error=lambda message: self.show(message, types.MessageType.Error),

@@ -2,10 +2,14 @@
 
 pygls' own loop logs a body that is not JSON and drops a request whose params do not fit the
 method's types, leaving the client waiting for an answer. `message_loop` answers both:
-invalid JSON gets a ParseError (-32700, id null), a message that is not a JSON-RPC object an
-InvalidRequest (-32600); params of the wrong shape are answered by the protocol (see
-`server.MellumProtocol`). After each message it yields to the event loop once, so that a request
-handler takes its document snapshot before the next message (say a didChange) is applied.
+invalid JSON (also too deeply nested for the parser) gets a ParseError (-32700, id null), a message
+that is not a JSON-RPC object, or whose id is not an integer or a string, an InvalidRequest
+(-32600); params of the wrong shape are answered by the protocol (see `protocol.MellumProtocol`),
+and omitted params are null, as JSON-RPC allows. A header block without a usable Content-Length
+gets a ParseError; a message over `MAX_BODY` an InvalidRequest, and its body is skipped unread, so
+the stream stays in step; a header line over the stream's limit is skipped. After each message it
+yields to the event loop once, so that a request handler takes its document snapshot before the
+next message (say a didChange) is applied.
 
 Offers `message_loop`, `stdio_streams`, `StreamWriterAdapter`.
 """
@@ -17,8 +21,6 @@ import json
 import logging
 import sys
 from typing import Any
-
-from lsprotocol.types import ResponseError, ResponseErrorMessage
 
 log = logging.getLogger(__name__)
 MAX_BODY = 256 * 1024 * 1024
@@ -48,28 +50,52 @@ async def stdio_streams() -> tuple[asyncio.StreamReader, StreamWriterAdapter]:
 
 
 def _send_error(protocol: Any, msg_id: Any, code: int, message: str) -> None:
-    protocol._send_data(ResponseErrorMessage(id=msg_id, error=ResponseError(code=code, message=message)))
+    # A plain object: lsprotocol's ResponseErrorMessage leaves out an id of None, and JSON-RPC
+    # wants "id": null in the answer to a message whose id could not be read.
+    protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
+
+
+class BadHeader(Exception):
+    """A header block that names no usable Content-Length (its body cannot be found)."""
 
 
 async def _read_headers(reader: asyncio.StreamReader) -> int | None:
     """The Content-Length of the next message; None at the end of the stream."""
-    length = None
+    length, problem, seen = None, None, False
     while True:
-        line = await reader.readline()
+        try:
+            line = await reader.readline()
+        except ValueError:  # over the stream's limit: asyncio dropped what it read; skip the rest
+            problem, seen = "a header line is over the size limit", True
+            continue
         if not line:
             return None
         if line in (b"\r\n", b"\n"):
             if length is not None:
                 return length
+            if seen:
+                raise BadHeader(problem or "the message has no Content-Length header")
             continue  # stray blank line between messages
+        seen = True
         name, _, value = line.decode("ascii", "replace").partition(":")
         if name.strip().lower() == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                length = None
-            if length is not None and not 0 <= length <= MAX_BODY:
-                length = None
+            value = value.strip()
+            length = int(value) if value.isascii() and value.isdigit() else None
+            if length is None:
+                problem = f"Content-Length {value[:40]!r} is not a byte count"
+
+
+async def _skip(reader: asyncio.StreamReader, n: int) -> None:
+    """Read and drop `n` bytes (fewer at the end of the stream) without holding them."""
+    while n > 0:
+        chunk = await reader.read(min(n, 1 << 16))
+        if not chunk:
+            return
+        n -= len(chunk)
+
+
+def _valid_id(msg_id: Any) -> bool:
+    return isinstance(msg_id, int | str) and not isinstance(msg_id, bool)
 
 
 async def message_loop(reader: asyncio.StreamReader, protocol: Any) -> int | None:
@@ -79,23 +105,39 @@ async def message_loop(reader: asyncio.StreamReader, protocol: Any) -> int | Non
             length = await _read_headers(reader)
             if length is None:
                 return None
+            if length > MAX_BODY:
+                _send_error(protocol, None, -32600,
+                            f"Invalid Request: a message of {length} bytes is over the limit of {MAX_BODY}")  # fmt: skip
+                await _skip(reader, length)
+                continue
             body = await reader.readexactly(length)
+        except BadHeader as e:
+            _send_error(protocol, None, -32700, f"Parse error: {e}")
+            continue
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
         try:
             data = json.loads(body)
-        except ValueError as e:
-            log.warning("invalid JSON from the client: %s", e)
-            _send_error(protocol, None, -32700, f"Parse error: the message body is not valid JSON ({e})")
+        except (ValueError, RecursionError) as e:
+            reason = "it is nested too deeply" if isinstance(e, RecursionError) else e
+            log.warning("invalid JSON from the client: %s", reason)
+            _send_error(protocol, None, -32700, f"Parse error: the message body is not valid JSON ({reason})")
             continue
+        msg_id = data.get("id") if isinstance(data, dict) else None
         if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
-            msg_id = data.get("id") if isinstance(data, dict) else None
-            _send_error(protocol, msg_id if isinstance(msg_id, int | str) else None, -32600,
+            _send_error(protocol, msg_id if _valid_id(msg_id) else None, -32600,
                         "Invalid Request: expected a JSON-RPC 2.0 object with jsonrpc \"2.0\"")  # fmt: skip
             continue
-        if "method" in data and not isinstance(data["method"], str):
-            _send_error(protocol, data.get("id"), -32600, "Invalid Request: method must be a string")
-            continue
+        if "method" in data:
+            if not isinstance(data["method"], str):
+                _send_error(protocol, msg_id if _valid_id(msg_id) else None, -32600,
+                            "Invalid Request: method must be a string")  # fmt: skip
+                continue
+            if "id" in data and not _valid_id(msg_id):
+                _send_error(protocol, None, -32600,
+                            f"Invalid Request: id must be an integer or a string, got {json.dumps(msg_id)[:40]}")  # fmt: skip
+                continue
+            data.setdefault("params", None)  # JSON-RPC: params may be omitted
         try:
             message = protocol.structure_message(data)
             protocol.handle_message(message)

@@ -77,7 +77,7 @@ def test_generate_errors_are_clear(checkpoints, tmp_path):
     p = run_engine("generate", "--model", folder, "--prompt-ids", "1,x", check=False)
     assert p.returncode != 0 and "comma-separated integers" in p.stderr
     p = run_engine("generate", "--model", str(tmp_path), "--prompt-ids", "1", check=False)
-    assert p.returncode != 0 and "no config.json" in p.stderr
+    assert p.returncode != 0 and "the folder is empty" in p.stderr
     p = run_engine("generate", "--model", folder, "--prompt", "hello", check=False)
     assert p.returncode != 0 and "tokenizer.json" in p.stderr
 

@@ -144,5 +144,7 @@ def test_every_method_is_registered_once():
         types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS, types.WORKSPACE_DID_CHANGE_CONFIGURATION,
         types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION,
         "mellum/lastCompletion", "mellum/document", "mellum/engineStats", "mellum/status",
+        "mellum/chat", "mellum/chat/reset", types.WORKSPACE_TEXT_DOCUMENT_CONTENT, "mellum/agent",
+        types.TEXT_DOCUMENT_CODE_ACTION, types.CODE_ACTION_RESOLVE, types.TEXT_DOCUMENT_DIAGNOSTIC, "mellum/edit",
     }  # fmt: skip
-    assert set(cmds) == set(commands.COMMANDS)
+    assert set(cmds) == set(commands.COMMANDS) | {"mellum.editWithInstruction", "mellum.explain"}

@@ -131,3 +131,82 @@ def test_runaway_repetition_is_cut_after_its_first_occurrence():
     assert postprocess("a, b, c", "f(", ")\n", "python", multiline_allowed=False) == "a, b, c"
     body = "\n        x = 1\n        y = 2"
     assert postprocess(body, "    if a:", "\n", "python", multiline_allowed=True) == body
+
+
+# --- runaway repetition inside one word (the first-run report: `discounted = apply_co_co_co…`) ------
+
+CHECKOUT = (
+    "from cart import Cart\nfrom pricing import apply_discount, apply_tax\n\n\n"
+    "def total(cart: Cart, discount: float) -> float:\n    subtotal = cart.subtotal()\n    discounted = apply_"
+)
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+def test_a_loop_inside_one_word_is_dropped(multiline):
+    # The raw text the embedded model produced: `co_` 31 times. The old rule found the loop but
+    # moved its cut to the end of the identifier, i.e. to the end of the whole loop.
+    for raw in ("co_" * 31, "co_" * 31 + "co", "u" * 63, "ab" * 20 + "(x)", "co_" * 5 + "\n    return x"):
+        assert postprocess(raw, CHECKOUT, "\n", "python", multiline_allowed=multiline) == "", raw
+
+
+def test_a_loop_inside_a_word_keeps_a_name_the_file_has():
+    raw = "discount_" * 6 + "(subtotal, discount)"
+    assert postprocess(raw, CHECKOUT, "\n", "python", multiline_allowed=False) == "discount"
+    # a name defined after the cursor counts too
+    suffix = "\n\n\ndef apply_coupon(amount):\n    return amount\n"
+    assert postprocess("coupon" * 5, CHECKOUT, suffix, "python", multiline_allowed=False) == "coupon"
+
+
+def test_a_loop_in_a_word_after_other_code_keeps_the_code_before_it():
+    raw = "tax(subtotal) + co_co_co_co_co_co_co"
+    assert postprocess(raw, "    x = apply_", "\n", "python", multiline_allowed=False) == "tax(subtotal) +"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "raw", "expected"),
+    [
+        ("n = ", "10000\n    y = 2", "10000\n    y = 2"),  # numbers repeat digits: not a loop, not a cut
+        ("mask = ", "0xFFFFFFFF & value", "0xFFFFFFFF & value"),
+        ("name = ", '"xxxx"', '"xxxx"'),
+        ("    ", "return f(g(h(k(x))))", "return f(g(h(k(x))))"),
+        ("    ", '""""""', '""""""'),
+        ("    Returns\n    ", "-------\n    int", "-------\n    int"),
+        ("# ", "=" * 60, "=" * 60),
+        ("", "# " + "_" * 40, "# " + "_" * 40),
+        ("x = ", "(" * 30, "("),  # beyond a short run, a repeated character is a loop again
+    ],
+)
+def test_things_that_repeat_by_nature_are_kept(prefix, raw, expected):
+    assert postprocess(raw, prefix, "", "python", multiline_allowed=True) == expected
+
+
+def test_a_repeated_line_is_cut_after_its_first_occurrence():
+    block = "    return self.data.get(name)\n\n    def __rmul__(self, name):\n"
+    raw = "pass\n" + block * 3
+    out = postprocess(raw, "class A:\n    def f(self):\n        ", "", "python", multiline_allowed=True)
+    assert out == "pass"  # the dedent rule then stops at the method's end
+    # without a dedent to stop at, the third occurrence may be cut short by the end of the text
+    line = "total = total + price * quantity  # add\n"
+    raw = line * 2 + line[:20]
+    assert postprocess(raw, "", "", "python", multiline_allowed=True) == line.rstrip()
+    # two equal lines are ordinary code
+    twice = "next(it)\nnext(it)\nvalue = compute(a, b)"
+    assert postprocess(twice, "", "", "python", multiline_allowed=True) == twice
+
+
+def test_the_rule_leaves_ordinary_code_alone():
+    """The standard library cut into completion-sized pieces: the old rule cut 5.5% of them (at
+    `))))`, `----`, empty docstrings, `10000`); this one almost none."""
+    import sysconfig
+    from pathlib import Path
+
+    from mellum_lsp.postprocess import _cut_runaway_repetition
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    pieces = []
+    for path in sorted(root.glob("*.py"))[:120]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        pieces += [text[i : i + 400] for i in range(0, len(text), 400)]
+    cut = sum(_cut_runaway_repetition(p) != p for p in pieces)
+    assert len(pieces) > 2000
+    assert cut / len(pieces) < 0.01, cut

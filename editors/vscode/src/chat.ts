@@ -78,7 +78,7 @@ export class Transcripts implements vscode.TextDocumentContentProvider, vscode.D
   chunk(c: ChatChunk): void {
     const turn = this.bind(c.conversationId);
     if (!turn || turn.done) return;
-    if (c.kind === "thinking") turn.thinking += c.text;
+    if (c.kind === "reasoning") turn.thinking += c.text;
     else turn.answer += c.text;
     this.changed.fire(chatUri(c.conversationId));
   }

@@ -186,7 +186,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     server,
     vscode.commands.registerCommand("mellum.restartServer", () => server.restart()),
     vscode.commands.registerCommand("mellum.showOutput", () => output.show(true)),
-    vscode.commands.registerCommand("mellum.editWithInstruction", () => editWithInstruction(server.client)),
+    vscode.commands.registerCommand("mellum.editSelection", () => editWithInstruction(server.client)),
     vscode.commands.registerCommand("mellum.ask", () => ask(server.client, transcripts, codeEditor)),
     vscode.window.onDidChangeActiveTextEditor((editor) => {
       if (editor && editor.document.uri.scheme !== CHAT_SCHEME) codeEditor = editor;

@@ -79,6 +79,6 @@ export interface ChatResult {
 /** mellum/chatChunk: a piece of an answer while it is generated. */
 export interface ChatChunk {
   conversationId: string;
-  kind: string; // "answer" text, or "thinking" (a reasoning trace), or another kind shown as-is
+  kind: string; // "content" (the answer), "reasoning" (a trace), or another kind shown as-is
   text: string;
 }
