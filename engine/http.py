@@ -42,6 +42,7 @@ log = logging.getLogger("engine.http")
 MAX_BODY = 8 * 2**20  # bytes of a request body
 MAX_HEAD = 64 * 2**10  # bytes of a request line plus headers
 IDLE_TIMEOUT = 75.0  # seconds a kept-alive connection may wait for its next request
+LINGER_S = 2.0  # seconds a refused request's connection keeps reading before it closes
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -78,6 +79,23 @@ class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.buf = bytearray()
+        self.refused = False  # an error was answered and the connection is to close: linger
+
+    async def linger(self, seconds: float = LINGER_S, limit: int = MAX_BODY) -> None:
+        """After an error answer that ends the connection, the client may still be sending its
+        request: stop writing, then read and drop what comes for a moment. Closing with unread
+        bytes would reset the connection, and a reset can destroy the answer before the client
+        reads it (the lingering close of nginx and Apache)."""
+        loop = asyncio.get_running_loop()
+        deadline, dropped = loop.time() + seconds, 0
+        with contextlib.suppress(Exception):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            while dropped < limit and (left := deadline - loop.time()) > 0:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+                if not data:
+                    return
+                dropped += len(data)
 
     async def _fill(self) -> bool:
         data = await self.reader.read(65536)
@@ -246,6 +264,8 @@ class HttpServer:
                 conn, HttpError(500, f"internal error: {type(e).__name__}: {e}", "internal"), False
             )
         finally:
+            if conn.refused:
+                await conn.linger()
             self.d.connections -= 1
             self.d.last_activity = time.monotonic()
             writer.close()
@@ -292,6 +312,7 @@ class HttpServer:
 
     # ---- answers ------------------------------------------------------------------------------
     async def send_error(self, conn: _Conn, e: HttpError, keep: bool) -> None:
+        conn.refused = conn.refused or not keep
         with contextlib.suppress(ConnectionError):
             await _send_json(conn, e.status, e.body(), keep, e.headers)
 

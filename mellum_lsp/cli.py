@@ -9,7 +9,7 @@ mellum-lsp doctor                                     check what editors need; p
 mellum-lsp demo                                       replay typing through server and engine
 mellum-lsp stats                                      local acceptance counters
 mellum-lsp export --model DIR --out DIR [...]         ONNX export (needs mellum-lsp[export])
-mellum-lsp bench engine|backends|lsp|index|chat|fix|peers|scale [--json]   benchmarks
+mellum-lsp bench engine|backends|lsp|index|chat|fix|peers|scale|soak [--json]   benchmarks
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ BENCHES = {
     "fix": "-m benchmarks.bench_fix",
     "peers": "-m benchmarks.bench_peers",
     "scale": "-m benchmarks.bench_scale",
+    "soak": "-m benchmarks.bench_soak",
 }
 
 

@@ -28,7 +28,10 @@ def test_a_short_soak_keeps_every_target_loosely(model):
     assert out["errors"] == 0, out["first_errors"]
     assert out["desynced"] == [] and out["suggestions"] > 1000
     t = out["targets"]
-    assert t["cache_within_budget"] and t["fds_flat"] and t["threads_flat"] and t["tasks_flat"], t
+    assert t["cache_within_budget"] and t["fds_flat"] and t["tasks_flat"], t
+    assert out["threads_end"] <= out["threads_start"], out  # the engine's
+    # a server's asyncio executor pool grows on demand up to its fixed size: a thread or two
+    assert all(s["threads_end"] <= s["threads_start"] + 2 for s in out["servers"]), out["servers"]
     assert t["clean_exit"], out["servers"]
     assert out["rss_growth"] < 0.25, out  # loosely: 1,000 keystrokes after warm-up
     assert all(s["rss_growth"] < 0.10 for s in out["servers"]), out["servers"]

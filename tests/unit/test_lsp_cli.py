@@ -31,7 +31,7 @@ def test_usage_and_unknown_commands():
     assert unknown.returncode == 2
     assert "unknown command 'nope'" in unknown.stderr and "mellum-lsp bench engine|backends" in unknown.stderr
     bench = cli("bench", "nope")
-    assert bench.returncode == 2 and "usage: mellum-lsp bench {engine,backends,lsp,index,chat,fix,peers,scale}" in bench.stderr
+    assert bench.returncode == 2 and "usage: mellum-lsp bench {engine,backends,lsp,index,chat,fix,peers,scale,soak}" in bench.stderr
 
 
 def test_other_programs_keep_their_help_and_exit_codes():
